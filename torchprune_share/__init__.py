@@ -1,0 +1,3 @@
+"""torchprune_share: Deep Compression (pruning, trained weight sharing, Huffman coding) for PyTorch."""
+
+__all__: list[str] = []
