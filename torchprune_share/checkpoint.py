@@ -1,0 +1,272 @@
+"""Baking compressed tensors into plain ones, and loading compressed checkpoints.
+
+A ``state_dict`` of a compressed model has keys such as
+``fc1.parametrizations.weight.original`` (the codebook) and
+``fc1.parametrizations.weight.0.index``, which a freshly built model lacks.
+:func:`load_state_dict` re-creates the reparametrizations from those keys first, so the
+checkpoint loads with ``strict=True`` semantics.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize, prune
+
+from .parametrizations import PruningMask, WeightSharing, get_reparametrization
+from .pruning import _torch_hook
+
+__all__ = ["CheckpointError", "bake", "compressed_tensors", "load_state_dict"]
+
+_REPARAM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$")
+_HOOK_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)_(?P<kind>orig|mask)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:
+    """List every tensor of ``model`` reparametrized by this package.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        ``(qualified_name, module, name, parametrization)`` tuples in module order, e.g.
+        ``("fc1.weight", model.fc1, "weight", <WeightSharing>)``.
+
+    Example:
+        >>> from torchprune_share import level_prune
+        >>> net = nn.Sequential(nn.Linear(4, 4))
+        >>> _ = level_prune(net[0], amount=0.5)
+        >>> [q for q, *_ in compressed_tensors(net)]
+        ['0.weight']
+    """
+    found = []
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations):
+            reparam = get_reparametrization(module, name)
+            if reparam is not None:
+                found.append((f"{mod_name}.{name}" if mod_name else name, module, name, reparam))
+    return found
+
+
+def bake(model: nn.Module) -> nn.Module:
+    r"""Replace every compressed tensor of ``model`` by a plain ``nn.Parameter`` of its value.
+
+    Removes this package's parametrizations (``parametrize.remove_parametrizations`` with
+    ``leave_parametrized=True``) and torch's pruning hooks (``prune.remove``); the values
+    are bitwise those the model computed. Stale ``.grad`` tensors of the baked parameters
+    are cleared; build a new optimizer afterwards.
+
+    Args:
+        model (nn.Module): the model, changed in place.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> from torchprune_share import register_weight_sharing
+        >>> net = nn.Sequential(nn.Linear(8, 8))
+        >>> _ = register_weight_sharing(net[0], bits=2)
+        >>> before = net[0].weight.detach().clone()
+        >>> _ = bake(net)
+        >>> type(net[0].weight) is nn.Parameter and torch.equal(net[0].weight, before)
+        True
+    """
+    for _, module, name, _ in compressed_tensors(model):
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        getattr(module, name).grad = None
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+                getattr(module, hook._tensor_name).grad = None
+    return model
+
+
+@dataclass
+class _Entry:
+    prefix: str
+    name: str
+    kind: str = ""
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def qualified(self) -> str:
+        return self.prefix + self.name
+
+
+def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
+    entries: dict[str, _Entry] = {}
+    for key in state_dict:
+        m = _REPARAM_KEY.match(key)
+        if m:
+            e = entries.setdefault(m["prefix"] + m["name"], _Entry(m["prefix"], m["name"]))
+            e.keys[m["rest"]] = key
+            continue
+        m = _HOOK_KEY.match(key)
+        if m and (m["prefix"] + m["name"] + ("_mask" if m["kind"] == "orig" else "_orig")) in state_dict:
+            e = entries.setdefault(m["prefix"] + m["name"], _Entry(m["prefix"], m["name"], "hook"))
+            e.keys[m["kind"]] = key
+    for q, e in entries.items():
+        if e.kind == "hook":
+            continue
+        rest = set(e.keys)
+        if rest == {"original", "0.mask"}:
+            e.kind = "mask"
+        elif rest == {"original", "0.index", "0._extra_state"}:
+            e.kind = "sharing"
+        else:
+            raise CheckpointError(
+                f"tensor {q!r}: unrecognised reparametrization keys {sorted(e.keys.values())}"
+            )
+    return entries
+
+
+def _owner(key: str) -> str:
+    """The dense tensor a state_dict key belongs to (``a.parametrizations.w.original`` -> ``a.w``)."""
+    m = _REPARAM_KEY.match(key)
+    if m:
+        return m["prefix"] + m["name"]
+    m = _HOOK_KEY.match(key)
+    return m["prefix"] + m["name"] if m else key
+
+
+def _dense_shape(module: nn.Module, name: str) -> torch.Size | None:
+    if name in module._parameters or parametrize.is_parametrized(module, name):
+        return getattr(module, name).shape
+    if _torch_hook(module, name) is not None:
+        return getattr(module, name + "_orig").shape
+    return None
+
+
+def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Module:
+    q = e.qualified
+    try:
+        module = model.get_submodule(e.prefix[:-1]) if e.prefix else model
+    except AttributeError as err:
+        raise CheckpointError(f"tensor {q!r}: the model has no module {e.prefix[:-1]!r}") from err
+    shape = _dense_shape(module, e.name)
+    if shape is None:
+        raise CheckpointError(f"tensor {q!r}: {type(module).__name__} has no parameter {e.name!r}")
+    if e.kind == "hook":
+        orig, mask = sd[e.keys["orig"]], sd[e.keys["mask"]]
+        bad = [(k, t.shape) for k, t in (("orig", orig), ("mask", mask)) if t.shape != shape]
+    elif e.kind == "mask":
+        bad = [(k, sd[e.keys[k]].shape) for k in ("original", "0.mask") if sd[e.keys[k]].shape != shape]
+    else:
+        index, codebook = sd[e.keys["0.index"]], sd[e.keys["original"]]
+        extra = sd[e.keys["0._extra_state"]]
+        if not isinstance(extra, Mapping) or "num_centroids" not in extra:
+            raise CheckpointError(f"tensor {q!r}: malformed sharing settings {extra!r}")
+        bad = [] if index.shape == shape else [("index", index.shape)]
+        if index.is_floating_point() or index.dtype == torch.bool:
+            raise CheckpointError(f"tensor {q!r}: index must be an integer tensor, got {index.dtype}")
+        k = int(extra["num_centroids"])
+        want = (k,) if extra["granularity"] == "per_tensor" else (shape[extra["channel_axis"]], k)
+        if tuple(codebook.shape) != want:
+            bad.append(("codebook", codebook.shape))
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) > k):
+            raise CheckpointError(f"tensor {q!r}: index codes must lie in [0, {k}]")
+    if bad:
+        got = ", ".join(f"{k} {tuple(s)}" for k, s in bad)
+        raise CheckpointError(f"tensor {q!r}: shape mismatch, model has {tuple(shape)}, checkpoint {got}")
+    return module
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    r"""Load a checkpoint of a compressed model into a (fresh) model of the same architecture.
+
+    Re-creates the pruning masks, weight sharing and ``torch.nn.utils.prune`` hooks named
+    by the checkpoint's keys, then loads it with ``strict=True``: outputs equal the saved
+    model's bitwise from the first forward on. Everything is checked before anything
+    changes; on a mismatch a :class:`CheckpointError` names the tensor and ``model`` is
+    left as it was.
+
+    Args:
+        model (nn.Module): the model to load into (changed in place).
+        state_dict (Mapping[str, Tensor]): e.g. ``torch.load(path, weights_only=True)``.
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> from torchprune_share import level_prune, register_weight_sharing
+        >>> net = nn.Sequential(nn.Linear(8, 8))
+        >>> _ = register_weight_sharing(level_prune(net[0], amount=0.5), bits=2)
+        >>> fresh = load_state_dict(nn.Sequential(nn.Linear(8, 8)), net.state_dict())
+        >>> torch.equal(fresh[0].weight, net[0].weight)
+        True
+    """
+    entries = _group(state_dict)
+    modules = {q: _check_entry(model, e, state_dict) for q, e in entries.items()}
+
+    # Keys the model will have once the checkpoint's reparametrizations exist.
+    current = model.state_dict()
+    now = {q for q, *_ in compressed_tensors(model)} | {
+        f"{mod_name}.{hook._tensor_name}" if mod_name else hook._tensor_name
+        for mod_name, module in model.named_modules()
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, prune.BasePruningMethod)
+    }
+    plain = {k: t for k, t in current.items() if _owner(k) not in now and k not in entries}
+    expected_keys = set(plain) | (now - set(entries))
+    for e in entries.values():
+        expected_keys |= set(e.keys.values())
+    given = set(state_dict)
+    missing, unexpected = sorted(expected_keys - given), sorted(given - expected_keys)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match the model: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+    if now - set(entries):
+        raise CheckpointError(
+            f"the model compresses {sorted(now - set(entries))}, which the checkpoint stores "
+            "plain; load into a freshly built model"
+        )
+    for key, want in plain.items():
+        got = state_dict[key]
+        if isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape != got.shape:
+            raise CheckpointError(
+                f"tensor {key!r}: shape mismatch, model has {tuple(want.shape)}, "
+                f"checkpoint {tuple(got.shape)}"
+            )
+
+    with torch.no_grad():
+        for q, e in entries.items():
+            module = modules[q]
+            if get_reparametrization(module, e.name) is not None:
+                parametrize.remove_parametrizations(module, e.name, leave_parametrized=True)
+            if _torch_hook(module, e.name) is not None:
+                prune.remove(module, e.name)
+            device = getattr(module, e.name).device
+            if e.kind == "hook":
+                prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
+            elif e.kind == "mask":
+                parametrize.register_parametrization(
+                    module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device))
+                )
+            else:
+                extra = dict(state_dict[e.keys["0._extra_state"]])
+                codebook = state_dict[e.keys["original"]]
+                sharing = WeightSharing(
+                    state_dict[e.keys["0.index"]].to(device).clone(),
+                    codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
+                    bits=extra["bits"],
+                    granularity=extra["granularity"],
+                    channel_axis=extra["channel_axis"],
+                    init=extra["init"],
+                    method=extra["method"],
+                )
+                parametrize.register_parametrization(module, e.name, sharing, unsafe=True)
+    model.load_state_dict(state_dict, strict=True)
+    return model

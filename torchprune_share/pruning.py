@@ -1,0 +1,407 @@
+"""Magnitude ("level") pruning, as a ``torch.nn.utils.prune`` method and as a parametrization.
+
+:class:`LevelPruningMethod` is a :class:`~torch.nn.utils.prune.BasePruningMethod`, so it
+works wherever torch takes a method (``apply``, ``global_unstructured``, iterative
+pruning through ``PruningContainer``, ``prune.remove``). :func:`level_prune` and
+:func:`global_level_prune` use the same mask computation but store the mask in a
+:class:`~torchprune_share.parametrizations.PruningMask` parametrization, which composes
+with weight sharing, deep-copies, and bakes with ``parametrize.remove_parametrizations``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize, prune
+
+from .parametrizations import PruningMask, WeightSharing, get_reparametrization, index_dtype
+
+__all__ = [
+    "LevelPruningMethod",
+    "SigmaThresholdPruningMethod",
+    "global_level_prune",
+    "level_prune",
+    "sigma_prune",
+]
+
+
+# -- argument checks ------------------------------------------------------------------
+def validate_amount(amount: object) -> None:
+    """Raise unless ``amount`` is a float in [0, 1] or a non-negative int."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(
+            f"amount must be a float in [0, 1] or a non-negative int, got {type(amount).__name__}"
+        )
+    if isinstance(amount, numbers.Integral):
+        if amount < 0:
+            raise ValueError(f"amount must be a non-negative int when an int, got {amount}")
+    elif not (0.0 <= float(amount) <= 1.0):
+        raise ValueError(f"amount must be a float in [0, 1] when a float, got {amount}")
+
+
+def amount_to_count(amount: float | int, n: int) -> int:
+    """Number of entries to prune among ``n``: ``round(amount * n)`` or the int itself."""
+    validate_amount(amount)
+    if isinstance(amount, numbers.Integral):
+        if amount > n:
+            raise ValueError(
+                f"amount={amount} must be at most the number of unpruned entries ({n})"
+            )
+        return int(amount)
+    return round(float(amount) * n)
+
+
+def check_finite(t: Tensor, what: str) -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or Inf."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} contains NaN or Inf; only finite values can be compressed")
+
+
+def smallest_k(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of exactly the ``k`` smallest entries of ``scores`` (ties: lowest index).
+
+    The threshold comes from a selection (``np.partition`` on CPU, ``torch.kthvalue``
+    elsewhere), not a sort or ``topk``.
+
+    Args:
+        scores (Tensor): 1-D scores; ``inf`` entries are never chosen while ``k`` leaves
+            room.
+        k (int): how many to choose, ``0 <= k <= scores.numel()``.
+
+    Returns:
+        ``bool`` tensor shaped like ``scores``.
+
+    Example:
+        >>> smallest_k(torch.tensor([3.0, 1.0, 2.0, 1.0]), 2)
+        tensor([False,  True, False,  True])
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if scores.device.type == "cpu":
+        arr = scores.detach().numpy()
+        threshold = torch.tensor(np.partition(arr, k - 1)[k - 1], dtype=scores.dtype)
+    else:
+        threshold = torch.kthvalue(scores.detach(), k).values
+    chosen = scores < threshold
+    missing = k - int(chosen.sum())
+    if missing > 0:
+        # Ties at the threshold: take the first ``missing`` of them, in index order.
+        ties = torch.nonzero(scores == threshold).flatten()[:missing]
+        chosen[ties] = True
+    return chosen
+
+
+def level_mask(scores: Tensor, keep: Tensor, amount: float | int) -> Tensor:
+    """Prune ``amount`` of the kept entries with the smallest ``|scores|``.
+
+    Args:
+        scores (Tensor): importance (magnitude is taken), any shape.
+        keep (Tensor): ``bool``, the currently unpruned entries.
+        amount (float or int): fraction of the kept entries (float) or count (int).
+
+    Returns:
+        The new ``bool`` keep-mask: a subset of ``keep``.
+    """
+    n_keep = int(keep.sum())
+    k = amount_to_count(amount, n_keep)
+    flat = scores.detach().abs().reshape(-1).to(torch.float32 if scores.dtype != torch.float64 else torch.float64)
+    flat = flat.masked_fill(~keep.reshape(-1), math.inf)
+    return keep & ~smallest_k(flat, k).view(keep.shape)
+
+
+# -- torch.nn.utils.prune methods -----------------------------------------------------
+class LevelPruningMethod(prune.BasePruningMethod):
+    r"""Prune the ``amount`` smallest-magnitude entries of the still-unpruned ones.
+
+    Args:
+        amount (int or float): quantity of parameters to prune. A float in [0, 1] prunes
+            ``round(amount * n)`` of the ``n`` entries not yet masked; an int prunes that
+            many. Ties in magnitude are broken by position (lowest index first), so the
+            count is exact.
+
+    Example:
+        >>> lin = nn.Linear(10, 10)
+        >>> _ = LevelPruningMethod.apply(lin, "weight", amount=0.3)
+        >>> int((lin.weight == 0).sum())
+        30
+    """
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, amount: float | int) -> None:
+        validate_amount(amount)
+        self.amount = amount
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        keep = level_mask(t, default_mask != 0, self.amount)
+        return keep.to(default_mask.dtype)
+
+    @classmethod
+    def apply(  # type: ignore[override]
+        cls,
+        module: nn.Module,
+        name: str,
+        amount: float | int,
+        importance_scores: Tensor | None = None,
+    ) -> LevelPruningMethod:
+        """Add the pruning hook and mask to ``module.<name>`` (torch's hook mechanism).
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): parameter name within ``module``.
+            amount (int or float): see the class docstring.
+            importance_scores (Tensor, optional): scores in place of the parameter's values.
+
+        Returns:
+            The method instance attached to the module.
+        """
+        return super().apply(module, name, amount=amount, importance_scores=importance_scores)
+
+
+class SigmaThresholdPruningMethod(prune.BasePruningMethod):
+    r"""Prune entries with ``|w| < q * std(w)`` (Han et al. 2015's threshold).
+
+    The standard deviation is taken over the still-unpruned entries.
+
+    Args:
+        q (float): the sensitivity multiplier, ``q >= 0``.
+
+    Example:
+        >>> lin = nn.Linear(100, 100)
+        >>> _ = SigmaThresholdPruningMethod.apply(lin, "weight", q=1.0)
+        >>> 0.5 < float((lin.weight == 0).float().mean()) < 0.8
+        True
+    """
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, q: float) -> None:
+        if isinstance(q, bool) or not isinstance(q, numbers.Real):
+            raise TypeError(f"q must be a non-negative float, got {type(q).__name__}")
+        if not (q >= 0 and math.isfinite(q)):
+            raise ValueError(f"q must be a finite float >= 0, got {q}")
+        self.q = float(q)
+
+    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        keep = default_mask != 0
+        kept = t.detach()[keep].double()
+        if kept.numel() < 2:
+            return default_mask.clone()
+        threshold = self.q * float(kept.std())
+        return (keep & (t.detach().abs() >= threshold)).to(default_mask.dtype)
+
+    @classmethod
+    def apply(  # type: ignore[override]
+        cls, module: nn.Module, name: str, q: float, importance_scores: Tensor | None = None
+    ) -> SigmaThresholdPruningMethod:
+        """Add the pruning hook and mask to ``module.<name>`` (torch's hook mechanism)."""
+        return super().apply(module, name, q=q, importance_scores=importance_scores)
+
+
+# -- reparametrization-based pruning ----------------------------------------------------
+def _torch_hook(module: nn.Module, name: str) -> prune.BasePruningMethod | None:
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
+            return hook
+    return None
+
+
+def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
+    """The current value of ``module.<name>`` and its keep-mask, after checking it.
+
+    Accepts a plain floating-point parameter, one reparametrized by this package, or one
+    pruned with ``torch.nn.utils.prune``'s hooks.
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
+
+    Returns:
+        ``(value, keep)``: the effective tensor (detached) and a ``bool`` mask of its
+        unpruned entries.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    reparam = get_reparametrization(module, name)
+    with torch.no_grad():
+        if isinstance(reparam, PruningMask):
+            value, keep = getattr(module, name).detach(), reparam.mask.clone()
+        elif isinstance(reparam, WeightSharing):
+            value, keep = getattr(module, name).detach(), reparam.kept()
+        elif parametrize.is_parametrized(module, name):
+            raise ValueError(
+                f"name={name!r}: the tensor carries a foreign parametrization; remove it "
+                "(parametrize.remove_parametrizations) before compressing it"
+            )
+        elif _torch_hook(module, name) is not None:
+            value = getattr(module, name + "_orig").detach() * getattr(module, name + "_mask")
+            keep = getattr(module, name + "_mask") != 0
+        else:
+            param = module._parameters.get(name)
+            if param is None:
+                raise ValueError(
+                    f"name={name!r} is not a parameter of {type(module).__name__}; expected one "
+                    f"of {sorted(n for n, _ in module.named_parameters(recurse=False))}"
+                )
+            value, keep = param.detach(), torch.ones_like(param, dtype=torch.bool)
+    if not value.is_floating_point():
+        raise TypeError(f"name={name!r} must name a floating-point tensor, got {value.dtype}")
+    if value.numel() == 0:
+        raise ValueError(f"name={name!r} names an empty tensor; there is nothing to compress")
+    check_finite(value, f"{type(module).__name__}.{name}")
+    return value, keep
+
+
+def adopt_torch_pruning(module: nn.Module, name: str) -> None:
+    """Turn torch's hook-based pruning of ``module.<name>`` into a plain parameter.
+
+    The masked value becomes the parameter; callers re-create the mask as a
+    parametrization.
+    """
+    if _torch_hook(module, name) is not None:
+        prune.remove(module, name)
+
+
+def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
+    """Make ``keep`` the pruning mask of ``module.<name>``, whatever carries it now.
+
+    A shared tensor moves its newly pruned entries to the zero code; a masked tensor
+    updates its mask; a plain (or torch-pruned) one gets a :class:`PruningMask`.
+    """
+    reparam = get_reparametrization(module, name)
+    with torch.no_grad():
+        if isinstance(reparam, WeightSharing):
+            k = reparam.num_centroids
+            codes = reparam.index.to(torch.int64).masked_fill(~keep, k)
+            max_code = k if bool((~keep).any()) else max(k - 1, 0)
+            reparam.set_index(codes.to(index_dtype(max_code)), k)
+        elif isinstance(reparam, PruningMask):
+            reparam.mask.copy_(keep)
+        else:
+            adopt_torch_pruning(module, name)
+            parametrize.register_parametrization(module, name, PruningMask(keep))
+
+
+def level_prune(
+    module: nn.Module,
+    name: str = "weight",
+    amount: float | int = 0.5,
+    importance_scores: Tensor | None = None,
+) -> nn.Module:
+    r"""Prune ``module.<name>`` by magnitude, keeping the mask as a parametrization.
+
+    Zeroes the ``amount`` smallest-magnitude entries among those not yet pruned, so calling
+    it again prunes further (0.8 then 0.5 leaves 90 % zeros). Works on plain parameters,
+    on tensors already pruned or shared by this package (shared entries move to the zero
+    code), and on tensors pruned with ``torch.nn.utils.prune`` (their mask is adopted).
+
+    Args:
+        module (nn.Module): module containing the tensor to prune.
+        name (str): parameter name within ``module``. Default: ``"weight"``.
+        amount (int or float): a float in [0, 1] prunes ``round(amount * n)`` of the ``n``
+            unpruned entries; an int prunes that many.
+        importance_scores (Tensor, optional): scores of the tensor's shape used in place of
+            its values (magnitude is taken).
+
+    Returns:
+        ``module``, pruned in place.
+
+    Example:
+        >>> lin = nn.Linear(100, 10)
+        >>> _ = level_prune(lin, "weight", amount=0.8)
+        >>> int((lin.weight == 0).sum())
+        800
+    """
+    validate_amount(amount)
+    value, keep = compressible_state(module, name)
+    scores = value
+    if importance_scores is not None:
+        if not isinstance(importance_scores, Tensor) or importance_scores.shape != value.shape:
+            raise ValueError(
+                f"importance_scores must be a tensor of shape {tuple(value.shape)}, got "
+                f"{getattr(importance_scores, 'shape', type(importance_scores).__name__)}"
+            )
+        check_finite(importance_scores, "importance_scores")
+        scores = importance_scores
+    new_keep = level_mask(scores, keep, amount)
+    apply_keep_mask(module, name, new_keep)
+    return module
+
+
+def global_level_prune(
+    parameters: Iterable[tuple[nn.Module, str]],
+    amount: float | int,
+    importance_scores: dict[tuple[nn.Module, str], Tensor] | None = None,
+) -> None:
+    r"""Prune several tensors with one magnitude threshold across all of them.
+
+    The counterpart of ``prune.global_unstructured(..., pruning_method=L1Unstructured)``
+    that keeps masks as parametrizations (see :func:`level_prune`).
+
+    Args:
+        parameters (Iterable of (module, name)): the tensors to prune together.
+        amount (int or float): fraction (float in [0, 1]) or count (int) of all their
+            unpruned entries to prune.
+        importance_scores (dict, optional): maps ``(module, name)`` to a score tensor used in
+            place of the values.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10))
+        >>> global_level_prune([(net[0], "weight"), (net[1], "weight")], amount=0.5)
+        >>> int((net[0].weight == 0).sum() + (net[1].weight == 0).sum())
+        100
+    """
+    validate_amount(amount)
+    targets: Sequence[tuple[nn.Module, str]] = list(parameters)
+    if not targets:
+        raise ValueError("parameters must name at least one (module, name) pair")
+    states = [compressible_state(m, n) for m, n in targets]
+    scores = []
+    for (m, n), (value, _) in zip(targets, states):
+        s = value
+        if importance_scores is not None and (m, n) in importance_scores:
+            s = importance_scores[(m, n)]
+            if s.shape != value.shape:
+                raise ValueError(f"importance_scores for {n!r} must have shape {tuple(value.shape)}")
+        scores.append(s.detach().abs().reshape(-1).float())
+    keep = torch.cat([k.reshape(-1) for _, k in states])
+    new_keep = level_mask(torch.cat(scores), keep, amount)
+    offset = 0
+    for (m, n), (value, _) in zip(targets, states):
+        part = new_keep[offset : offset + value.numel()].view(value.shape)
+        offset += value.numel()
+        apply_keep_mask(m, n, part)
+
+
+def sigma_prune(module: nn.Module, name: str = "weight", q: float = 1.0) -> nn.Module:
+    r"""Prune entries of ``module.<name>`` below ``q`` standard deviations, as a parametrization.
+
+    Args:
+        module (nn.Module): module containing the tensor to prune.
+        name (str): parameter name. Default: ``"weight"``.
+        q (float): threshold in units of the standard deviation of the unpruned entries.
+
+    Returns:
+        ``module``, pruned in place.
+
+    Example:
+        >>> lin = nn.Linear(100, 100)
+        >>> _ = sigma_prune(lin, "weight", q=0.5)
+        >>> 0.2 < float((lin.weight == 0).float().mean()) < 0.5
+        True
+    """
+    method = SigmaThresholdPruningMethod(q)
+    value, keep = compressible_state(module, name)
+    new_keep = method.compute_mask(value, keep.to(value.dtype)) != 0
+    apply_keep_mask(module, name, new_keep)
+    return module
