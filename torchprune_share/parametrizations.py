@@ -214,13 +214,18 @@ class WeightSharing(nn.Module):
         key = (idx.device, idx.data_ptr(), idx._version, k)
         if self._cache is not None and self._cache_key == key:
             return self._cache
-        flat = idx.to(torch.int32)
-        if self.granularity == "per_channel":
-            shape = [1] * idx.dim()
-            shape[self.channel_dim] = idx.shape[self.channel_dim]
-            offsets = torch.arange(idx.shape[self.channel_dim], device=idx.device, dtype=torch.int32)
-            flat = flat + (offsets * (k + 1)).view(shape)
-        flat = flat.reshape(-1)
+        # A cache built under inference_mode would be an inference tensor, which a later
+        # training forward could not save for backward.
+        with torch.inference_mode(False):
+            flat = idx.to(torch.int32)
+            if self.granularity == "per_channel":
+                shape = [1] * idx.dim()
+                shape[self.channel_dim] = idx.shape[self.channel_dim]
+                offsets = torch.arange(
+                    idx.shape[self.channel_dim], device=idx.device, dtype=torch.int32
+                )
+                flat = flat + (offsets * (k + 1)).view(shape)
+            flat = flat.reshape(-1)
         if self.cache_index:
             self._cache, self._cache_key = flat, key
         return flat
