@@ -38,10 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=None, help="folder with the MNIST IDX .gz files")
     demo.add_argument("--out", default="torchprune-share-out", help="output folder")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a layer may lose in the scans")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default per data set)")
+    demo.add_argument(
+        "--max-drop", type=float, default=1.0, help="accuracy points a layer may lose in the scans"
+    )
+    demo.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default per data set)"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars, no table")
-    report = sub.add_parser("report", help="print the compression report of a compressed model file")
+    report = sub.add_parser(
+        "report", help="print the compression report of a compressed model file"
+    )
     report.add_argument("file")
     report.add_argument("--csv", default=None, help="also write the report as CSV")
     report.add_argument("--markdown", default=None, help="also write the report as Markdown")
@@ -51,8 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.command != "demo" or args.quiet else logging.INFO,
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.command != "demo" or args.quiet else logging.INFO,
+        format="%(message)s",
+    )
     if args.command == "demo":
         from .demo import DemoConfig, run_demo
 

@@ -91,7 +91,9 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file (too short)")
     got, n = struct.unpack(">II", data[:8])
     if got != magic:
-        raise ValueError(f"{path}: not an IDX file of the expected kind (magic {got:#x}, want {magic:#x})")
+        raise ValueError(
+            f"{path}: not an IDX file of the expected kind (magic {got:#x}, want {magic:#x})"
+        )
     if magic == 0x801:
         arr = np.frombuffer(data, dtype=np.uint8, offset=8)
         shape: tuple[int, ...] = (n,)

@@ -55,24 +55,44 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    splits = load_mnist(config.data_dir) if config.data == "mnist" else load_digits(seed=config.seed)
-    train_loader, val_loader, test_loader = make_loaders(splits, seed=config.seed)
+    splits = (
+        load_mnist(config.data_dir) if config.data == "mnist" else load_digits(seed=config.seed)
+    )
+    train_loader, _val_loader, test_loader = make_loaders(splits, seed=config.seed)
     model = build_model(config.model, splits.image_size)
     epochs = config.epochs or (30 if config.data == "digits" else 5)
     p = config.progress
     train(model, train_loader, epochs=epochs, lr=0.05, progress=p, desc="train")
     acc_dense, _ = evaluate(model, test_loader)
 
-    weights = [(m, "weight") for m in model.modules() if isinstance(getattr(m, "weight", None), torch.nn.Parameter) and m.weight.dim() >= 2]
+    weights = [
+        (m, "weight")
+        for m in model.modules()
+        if isinstance(getattr(m, "weight", None), torch.nn.Parameter) and m.weight.dim() >= 2
+    ]
     for m, n in weights:
         level_prune(m, n, amount=config.sparsity)
     acc_pruned_raw, _ = evaluate(model, test_loader)
-    train(model, train_loader, epochs=max(1, epochs // 2), lr=0.02, progress=p, desc="fine-tune pruned")
+    train(
+        model,
+        train_loader,
+        epochs=max(1, epochs // 2),
+        lr=0.02,
+        progress=p,
+        desc="fine-tune pruned",
+    )
     acc_pruned, _ = evaluate(model, test_loader)
     for m, n in weights:
         register_weight_sharing(m, n, bits=config.bits)
     acc_shared_raw, _ = evaluate(model, test_loader)
-    train(model, train_loader, epochs=max(1, epochs // 3), lr=0.01, progress=p, desc="fine-tune codebooks")
+    train(
+        model,
+        train_loader,
+        epochs=max(1, epochs // 3),
+        lr=0.01,
+        progress=p,
+        desc="fine-tune codebooks",
+    )
     acc_final, _ = evaluate(model, test_loader)
 
     rows = []
