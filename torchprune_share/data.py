@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-__all__ = ["MNIST_FILES", "Splits", "load_digits", "load_mnist", "make_loaders"]
+__all__ = ["MNIST_FILES", "BatchLoader", "Splits", "load_digits", "load_mnist", "make_loaders"]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -150,10 +150,55 @@ def load_mnist(data_dir: str | Path, *, seed: int = 0, n_val: int = 5000) -> Spl
     )
 
 
+class BatchLoader:
+    """Batches of an in-memory :class:`TensorDataset` by slicing, without per-sample collation.
+
+    ``torch.utils.data.DataLoader`` indexes and collates sample by sample, which costs
+    more than a small model's whole step; slicing whole tensors does not.
+
+    Args:
+        dataset (TensorDataset): the tensors to batch.
+        batch_size (int): samples per batch.
+        shuffle (bool): a new random order every epoch. Default: False.
+        generator (torch.Generator, optional): the shuffling's randomness.
+
+    Example:
+        >>> ds = TensorDataset(torch.arange(10.0), torch.arange(10))
+        >>> [len(y) for _, y in BatchLoader(ds, batch_size=4)]
+        [4, 4, 2]
+    """
+
+    def __init__(
+        self,
+        dataset: TensorDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.shuffle, self.generator = shuffle, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        tensors = self.dataset.tensors
+        n = len(tensors[0])
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield tuple(t[start : start + self.batch_size] for t in tensors)
+            else:
+                idx = order[start : start + self.batch_size]
+                yield tuple(t[idx] for t in tensors)
+
+
 def make_loaders(
     splits: Splits, *, batch_size: int = 64, eval_batch_size: int = 512, seed: int = 0
-) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Data loaders for :class:`Splits`; the training loader shuffles with a seeded generator.
+) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
+    """Batch loaders for :class:`Splits`; the training loader shuffles with a seeded generator.
 
     Args:
         splits (Splits): the data.
@@ -171,7 +216,7 @@ def make_loaders(
     """
     g = torch.Generator().manual_seed(seed)
     return (
-        DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g),
-        DataLoader(splits.val, batch_size=eval_batch_size),
-        DataLoader(splits.test, batch_size=eval_batch_size),
+        BatchLoader(splits.train, batch_size, shuffle=True, generator=g),
+        BatchLoader(splits.val, eval_batch_size),
+        BatchLoader(splits.test, eval_batch_size),
     )
