@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
-from .parametrizations import PruningMask, WeightSharing, get_reparametrization
+from .parametrizations import (
+    GRANULARITIES,
+    PruningMask,
+    WeightSharing,
+    _register,
+    get_reparametrization,
+    index_dtype,
+)
 from .pruning import _torch_hook
 
 __all__ = ["CheckpointError", "bake", "compressed_tensors", "load_state_dict"]
@@ -27,7 +34,18 @@ _HOOK_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)_(?P<kind>orig|mas
 
 
 class CheckpointError(ValueError):
-    """A checkpoint does not fit the model it is loaded into."""
+    """A checkpoint does not fit the model it is loaded into (a ``ValueError``).
+
+    The message names the offending tensor (its qualified name, e.g. ``'fc1.weight'``) or
+    lists the missing and unexpected keys.
+
+    Example:
+        >>> try:
+        ...     load_state_dict(nn.Linear(2, 2), {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)})
+        ... except CheckpointError as err:
+        ...     print(err)
+        tensor 'weight': shape mismatch, model has (2, 2), checkpoint (3, 2)
+    """
 
 
 def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Module]]:
@@ -113,7 +131,11 @@ def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
             e.keys[m["rest"]] = key
             continue
         m = _HOOK_KEY.match(key)
-        if m and (m["prefix"] + m["name"] + ("_mask" if m["kind"] == "orig" else "_orig")) in state_dict:
+        if (
+            m
+            and (m["prefix"] + m["name"] + ("_mask" if m["kind"] == "orig" else "_orig"))
+            in state_dict
+        ):
             e = entries.setdefault(m["prefix"] + m["name"], _Entry(m["prefix"], m["name"], "hook"))
             e.keys[m["kind"]] = key
     for q, e in entries.items():
@@ -148,6 +170,33 @@ def _dense_shape(module: nn.Module, name: str) -> torch.Size | None:
     return None
 
 
+_SHARING_SETTINGS = ("bits", "granularity", "channel_axis", "init", "method", "num_centroids")
+
+
+def _check_sharing_settings(q: str, extra: object, dim: int) -> None:
+    """Raise :class:`CheckpointError` unless ``extra`` is a valid WeightSharing extra state."""
+    if not isinstance(extra, Mapping) or any(key not in extra for key in _SHARING_SETTINGS):
+        raise CheckpointError(
+            f"tensor {q!r}: malformed sharing settings {extra!r}; expected a dict with keys "
+            f"{list(_SHARING_SETTINGS)}"
+        )
+    ints = ("bits", "channel_axis", "num_centroids")
+    if any(isinstance(extra[key], bool) or not isinstance(extra[key], int) for key in ints):
+        raise CheckpointError(f"tensor {q!r}: sharing settings {ints} must be ints, got {extra!r}")
+    if extra["granularity"] not in GRANULARITIES:
+        raise CheckpointError(
+            f"tensor {q!r}: granularity must be one of {GRANULARITIES}, got {extra['granularity']!r}"
+        )
+    if extra["num_centroids"] < 0:
+        raise CheckpointError(
+            f"tensor {q!r}: num_centroids must be >= 0, got {extra['num_centroids']}"
+        )
+    if extra["granularity"] == "per_channel" and not -dim <= extra["channel_axis"] < dim:
+        raise CheckpointError(
+            f"tensor {q!r}: channel_axis must be in [{-dim}, {dim - 1}], got {extra['channel_axis']}"
+        )
+
+
 def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Module:
     q = e.qualified
     try:
@@ -156,20 +205,33 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
         raise CheckpointError(f"tensor {q!r}: the model has no module {e.prefix[:-1]!r}") from err
     shape = _dense_shape(module, e.name)
     if shape is None:
-        raise CheckpointError(f"tensor {q!r}: {type(module).__name__} has no parameter {e.name!r}")
+        cls = parametrize.type_before_parametrizations(module).__name__
+        raise CheckpointError(f"tensor {q!r}: {cls} has no parameter {e.name!r}")
+    for rest, key in e.keys.items():
+        if rest != "0._extra_state" and not isinstance(sd[key], Tensor):
+            raise CheckpointError(
+                f"tensor {q!r}: {key!r} must be a tensor, got {type(sd[key]).__name__}"
+            )
     if e.kind == "hook":
         orig, mask = sd[e.keys["orig"]], sd[e.keys["mask"]]
         bad = [(k, t.shape) for k, t in (("orig", orig), ("mask", mask)) if t.shape != shape]
     elif e.kind == "mask":
-        bad = [(k, sd[e.keys[k]].shape) for k in ("original", "0.mask") if sd[e.keys[k]].shape != shape]
+        bad = [
+            (k, sd[e.keys[k]].shape) for k in ("original", "0.mask") if sd[e.keys[k]].shape != shape
+        ]
     else:
         index, codebook = sd[e.keys["0.index"]], sd[e.keys["original"]]
         extra = sd[e.keys["0._extra_state"]]
-        if not isinstance(extra, Mapping) or "num_centroids" not in extra:
-            raise CheckpointError(f"tensor {q!r}: malformed sharing settings {extra!r}")
+        _check_sharing_settings(q, extra, len(shape))
         bad = [] if index.shape == shape else [("index", index.shape)]
-        if index.is_floating_point() or index.dtype == torch.bool:
-            raise CheckpointError(f"tensor {q!r}: index must be an integer tensor, got {index.dtype}")
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise CheckpointError(
+                f"tensor {q!r}: index must be an integer tensor, got {index.dtype}"
+            )
+        if not codebook.is_floating_point():
+            raise CheckpointError(
+                f"tensor {q!r}: codebook must be a floating-point tensor, got {codebook.dtype}"
+            )
         k = int(extra["num_centroids"])
         want = (k,) if extra["granularity"] == "per_tensor" else (shape[extra["channel_axis"]], k)
         if tuple(codebook.shape) != want:
@@ -178,7 +240,9 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
             raise CheckpointError(f"tensor {q!r}: index codes must lie in [0, {k}]")
     if bad:
         got = ", ".join(f"{k} {tuple(s)}" for k, s in bad)
-        raise CheckpointError(f"tensor {q!r}: shape mismatch, model has {tuple(shape)}, checkpoint {got}")
+        raise CheckpointError(
+            f"tensor {q!r}: shape mismatch, model has {tuple(shape)}, checkpoint {got}"
+        )
     return module
 
 
@@ -235,6 +299,8 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
         )
     for key, want in plain.items():
         got = state_dict[key]
+        if isinstance(want, Tensor) and not isinstance(got, Tensor):
+            raise CheckpointError(f"tensor {key!r}: expected a tensor, got {type(got).__name__}")
         if isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape != got.shape:
             raise CheckpointError(
                 f"tensor {key!r}: shape mismatch, model has {tuple(want.shape)}, "
@@ -252,14 +318,16 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
             if e.kind == "hook":
                 prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
             elif e.kind == "mask":
-                parametrize.register_parametrization(
-                    module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device))
-                )
+                _register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
             else:
                 extra = dict(state_dict[e.keys["0._extra_state"]])
                 codebook = state_dict[e.keys["original"]]
+                index = state_dict[e.keys["0.index"]]
+                if index.dtype not in (torch.uint8, torch.int32):
+                    # e.g. int16 from another writer: DDP cannot broadcast it (index_dtype).
+                    index = index.to(index_dtype(int(extra["num_centroids"])))
                 sharing = WeightSharing(
-                    state_dict[e.keys["0.index"]].to(device).clone(),
+                    index.to(device).clone(),
                     codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
                     bits=extra["bits"],
                     granularity=extra["granularity"],
@@ -267,6 +335,12 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
                     init=extra["init"],
                     method=extra["method"],
                 )
-                parametrize.register_parametrization(module, e.name, sharing, unsafe=True)
+                _register(module, e.name, sharing, unsafe=True)
     model.load_state_dict(state_dict, strict=True)
+    # A torch pruning hook recomputes ``module.<name>`` only at the next forward; refresh it
+    # now so that no stale tensor is visible before the first forward.
+    for q, e in entries.items():
+        if e.kind == "hook":
+            hook = _torch_hook(modules[q], e.name)
+            setattr(modules[q], e.name, hook.apply_mask(modules[q]))
     return model

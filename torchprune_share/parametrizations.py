@@ -19,6 +19,8 @@ keeps ``original`` always used by the output (DDP needs that).
 
 from __future__ import annotations
 
+import copy
+import copyreg
 import logging
 from typing import Any
 
@@ -61,30 +63,40 @@ class PruningMask(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.mask
+        # where(), not x * mask: pruned entries are +0.0 whatever the sign of the stored
+        # value, so a reloaded model (whose stored zeros are +0.0) is bitwise the same.
+        return torch.where(self.mask, x, x.new_zeros(()))
 
     def right_inverse(self, value: Tensor) -> Tensor:
         # Assigning ``module.weight = t`` stores t; the mask still applies on read.
         return value
 
 
+def _max_code(dtype: torch.dtype) -> int:
+    return torch.iinfo(dtype).max
+
+
 def index_dtype(max_code: int) -> torch.dtype:
-    """Return the smallest integer dtype that holds codes ``0..max_code``.
+    """Return the integer dtype of an index holding codes ``0..max_code``.
+
+    ``uint8`` up to code 255, ``int32`` above. ``int16`` would be smaller for 9- to
+    15-bit codes (and for 8-bit sharing of a pruned tensor, whose 256 centroids plus the
+    zero code need 257 codes), but neither gloo nor NCCL can broadcast ``int16`` tensors,
+    and ``DistributedDataParallel`` broadcasts every buffer; ``int32`` is also the dtype
+    the gather runs on.
 
     Args:
         max_code (int): the largest code that must be representable.
 
     Returns:
-        ``torch.uint8``, ``torch.int16`` or ``torch.int32``.
+        ``torch.uint8`` or ``torch.int32``.
 
     Example:
         >>> index_dtype(255), index_dtype(256)
-        (torch.uint8, torch.int16)
+        (torch.uint8, torch.int32)
     """
-    if max_code <= 255:
+    if max_code <= torch.iinfo(torch.uint8).max:
         return torch.uint8
-    if max_code <= torch.iinfo(torch.int16).max:
-        return torch.int16
     return torch.int32
 
 
@@ -122,11 +134,18 @@ class WeightSharing(nn.Module):
     ``granularity="per_tensor"`` or ``(C, k)`` for ``"per_channel"`` (``C`` the size of
     ``channel_axis``). ``index`` is an integer buffer of the weight's shape holding codes
     ``0..k``; code ``k`` is a zero that no optimizer can move (pruned entries). Its dtype is
-    the smallest that holds the largest code in use (``uint8`` up to 255 codes, so 8-bit
-    sharing of a pruned tensor, which needs 257 codes, takes ``int16``).
+    ``uint8`` while the largest code in use is at most 255, else ``int32`` (see
+    :func:`index_dtype`): 8-bit sharing of a pruned tensor with all 256 centroids needs 257
+    codes and takes ``int32``.
 
     Build it with :func:`torchprune_share.register_weight_sharing`; the constructor is
     public so that checkpoints can re-create it without clustering.
+
+    Baking with ``parametrize.remove_parametrizations(module, name)`` resizes the codebook
+    ``nn.Parameter`` in place into the full tensor (same object). A ``.grad`` left by the
+    last backward still has the codebook's shape and would break the next backward: call
+    ``optimizer.zero_grad()`` (which sets it to ``None``) before, or use
+    :func:`torchprune_share.bake`, which clears it.
 
     Args:
         index (Tensor): integer codes, the shape of the parametrized tensor.
@@ -205,11 +224,37 @@ class WeightSharing(nn.Module):
         return self.channel_axis % max(self.index.dim(), 1)
 
     def kept(self) -> Tensor:
-        """``bool`` tensor, ``False`` where the entry is the pruned zero."""
+        """``bool`` tensor of the index's shape, ``False`` where the entry is the pruned zero.
+
+        Example:
+            >>> ws = WeightSharing(torch.tensor([0, 2, 1], dtype=torch.uint8), bits=1)
+            >>> ws.num_centroids = 2
+            >>> ws.kept()
+            tensor([ True, False,  True])
+        """
+        if self.num_centroids > _max_code(self.index.dtype):
+            # The zero code does not fit the dtype (256 centroids in a uint8 index), so no
+            # entry can hold it; comparing would wrap 256 to 0 and call code 0 pruned.
+            return torch.ones_like(self.index, dtype=torch.bool)
         return self.index != self.num_centroids
 
     def flat_index(self, k: int) -> Tensor:
-        """The ``int32`` index into the flattened ``(rows, k + 1)`` table, for a given ``k``."""
+        """The ``int32`` index into the flattened ``(rows, k + 1)`` table, for a given ``k``.
+
+        Cached (when ``cache_index``) until the index buffer changes.
+
+        Args:
+            k (int): the number of centroids per codebook (the zero is code ``k``).
+
+        Returns:
+            1-D ``int32`` tensor of ``index.numel()`` entries; per channel, code ``j`` of
+            channel ``c`` becomes ``c * (k + 1) + j``.
+
+        Example:
+            >>> idx = torch.tensor([[0, 1], [2, 0]], dtype=torch.uint8)
+            >>> WeightSharing(idx, bits=1, granularity="per_channel").flat_index(2)
+            tensor([0, 1, 5, 3], dtype=torch.int32)
+        """
         idx = self.index
         key = (idx.device, idx.data_ptr(), idx._version, k)
         if self._cache is not None and self._cache_key == key:
@@ -231,7 +276,9 @@ class WeightSharing(nn.Module):
         return flat
 
     def forward(self, codebook: Tensor) -> Tensor:
-        return _CodebookGather.apply(codebook, self.flat_index(codebook.shape[-1]), self.index.shape)
+        return _CodebookGather.apply(
+            codebook, self.flat_index(codebook.shape[-1]), self.index.shape
+        )
 
     def right_inverse(self, value: Tensor) -> Tensor:
         """Return the codebook for ``value``: clustered anew, keeping the zero pattern.
@@ -255,7 +302,18 @@ class WeightSharing(nn.Module):
         return codebook
 
     def set_index(self, index: Tensor, num_centroids: int) -> None:
-        """Replace the index buffer (its dtype may change) and drop the gather cache."""
+        """Replace the index buffer (its dtype may change) and drop the gather cache.
+
+        Args:
+            index (Tensor): the new integer codes, ``0..num_centroids``.
+            num_centroids (int): the codebook size ``k``; code ``k`` is the zero.
+
+        Example:
+            >>> ws = WeightSharing(torch.zeros(3, dtype=torch.uint8), bits=1)
+            >>> ws.set_index(torch.tensor([0, 1, 2], dtype=torch.uint8), 2)
+            >>> ws.kept()
+            tensor([ True,  True, False])
+        """
         self.num_centroids = int(num_centroids)
         if index.dtype == self.index.dtype and index.shape == self.index.shape:
             self.index.copy_(index)
@@ -336,6 +394,37 @@ def cluster(
     k = codebook.shape[-1]
     max_code = k if bool((~mask).any()) else max(k - 1, 0)
     return codebook.to(weight.dtype), codes.to(index_dtype(max_code)).contiguous()
+
+
+def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``__deepcopy__`` of a parametrized module whose copy gets a class of its own.
+
+    ``parametrize`` injects one class per module (``ParametrizedLinear``) that carries a
+    property per parametrized tensor, and its default ``__deepcopy__`` gives the copy that
+    same class. Registering or removing a parametrization on either module then adds or
+    deletes the property on both: ``bake(copy.deepcopy(model))`` would break ``model``.
+    """
+    replica = memo.get(id(self))
+    if replica is not None:
+        return replica
+    cls = type(self)
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    replica = self.__new__(type(cls.__name__, cls.__bases__, namespace))
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+    for slot in copyreg._slotnames(cls):  # type: ignore[attr-defined]
+        if hasattr(self, slot):
+            setattr(replica, slot, copy.deepcopy(getattr(self, slot), memo))
+    return replica
+
+
+def _register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
+    """``parametrize.register_parametrization``, with copies that do not share the class."""
+    parametrize.register_parametrization(module, name, reparam, unsafe=unsafe)
+    cls = type(module)
+    # Only replace torch's default (injected when the module's own class has none).
+    if getattr(cls.__dict__.get("__deepcopy__"), "__qualname__", "").endswith("default_deepcopy"):
+        cls.__deepcopy__ = _deepcopy_with_own_class
 
 
 def get_reparametrization(module: nn.Module, name: str) -> nn.Module | None:

@@ -19,7 +19,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
-from .parametrizations import PruningMask, WeightSharing, get_reparametrization, index_dtype
+from .parametrizations import (
+    PruningMask,
+    WeightSharing,
+    _register,
+    get_reparametrization,
+    index_dtype,
+)
 
 __all__ = [
     "LevelPruningMethod",
@@ -32,7 +38,23 @@ __all__ = [
 
 # -- argument checks ------------------------------------------------------------------
 def validate_amount(amount: object) -> None:
-    """Raise unless ``amount`` is a float in [0, 1] or a non-negative int."""
+    """Raise unless ``amount`` is a float in [0, 1] or a non-negative int.
+
+    Args:
+        amount (object): the value to check. ``bool`` is rejected (it is an ``int`` in
+            Python, but ``amount=True`` is almost certainly a mistake).
+
+    Raises:
+        TypeError: ``amount`` is not a real number, or is a ``bool``.
+        ValueError: a float outside [0, 1] (NaN included) or a negative int.
+
+    Example:
+        >>> validate_amount(0.5)
+        >>> validate_amount(1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: amount must be a float in [0, 1] when a float, got 1.5
+    """
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(
             f"amount must be a float in [0, 1] or a non-negative int, got {type(amount).__name__}"
@@ -45,7 +67,23 @@ def validate_amount(amount: object) -> None:
 
 
 def amount_to_count(amount: float | int, n: int) -> int:
-    """Number of entries to prune among ``n``: ``round(amount * n)`` or the int itself."""
+    """Number of entries to prune among ``n``: ``round(amount * n)`` or the int itself.
+
+    Args:
+        amount (float or int): a fraction in [0, 1] or a count in [0, n].
+        n (int): the number of entries that can still be pruned.
+
+    Returns:
+        The count, an ``int`` in [0, n]. Python's ``round`` (half to even), as torch's
+        ``prune`` uses.
+
+    Raises:
+        TypeError, ValueError: see :func:`validate_amount`; also an int ``amount > n``.
+
+    Example:
+        >>> amount_to_count(0.3, 10), amount_to_count(0.25, 10), amount_to_count(7, 10)
+        (3, 2, 7)
+    """
     validate_amount(amount)
     if isinstance(amount, numbers.Integral):
         if amount > n:
@@ -57,7 +95,18 @@ def amount_to_count(amount: float | int, n: int) -> int:
 
 
 def check_finite(t: Tensor, what: str) -> None:
-    """Raise ``ValueError`` if ``t`` holds NaN or Inf."""
+    """Raise ``ValueError`` if ``t`` holds NaN or Inf.
+
+    Args:
+        t (Tensor): the tensor to check (non-floating tensors always pass).
+        what (str): how to name ``t`` in the message.
+
+    Example:
+        >>> check_finite(torch.tensor([1.0, float("nan")]), "weight")
+        Traceback (most recent call last):
+        ...
+        ValueError: weight contains NaN or Inf; only finite values can be compressed
+    """
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} contains NaN or Inf; only finite values can be compressed")
 
@@ -86,6 +135,8 @@ def smallest_k(scores: Tensor, k: int) -> Tensor:
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
     if scores.device.type == "cpu":
+        if scores.dtype not in (torch.float32, torch.float64):
+            scores = scores.to(torch.float32)
         arr = scores.detach().numpy()
         threshold = torch.tensor(np.partition(arr, k - 1)[k - 1], dtype=scores.dtype)
     else:
@@ -108,11 +159,22 @@ def level_mask(scores: Tensor, keep: Tensor, amount: float | int) -> Tensor:
         amount (float or int): fraction of the kept entries (float) or count (int).
 
     Returns:
-        The new ``bool`` keep-mask: a subset of ``keep``.
+        The new ``bool`` keep-mask: a subset of ``keep`` with exactly
+        ``amount_to_count(amount, keep.sum())`` fewer entries.
+
+    Example:
+        >>> w = torch.tensor([0.5, -0.1, 0.3, 0.2])
+        >>> level_mask(w, torch.tensor([True, True, False, True]), amount=0.5)  # round(1.5) = 2
+        tensor([ True, False, False, False])
     """
     n_keep = int(keep.sum())
     k = amount_to_count(amount, n_keep)
-    flat = scores.detach().abs().reshape(-1).to(torch.float32 if scores.dtype != torch.float64 else torch.float64)
+    flat = (
+        scores.detach()
+        .abs()
+        .reshape(-1)
+        .to(torch.float32 if scores.dtype != torch.float64 else torch.float64)
+    )
     flat = flat.masked_fill(~keep.reshape(-1), math.inf)
     return keep & ~smallest_k(flat, k).view(keep.shape)
 
@@ -141,6 +203,20 @@ class LevelPruningMethod(prune.BasePruningMethod):
         self.amount = amount
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        """Return ``default_mask`` with the ``amount`` smallest unmasked ``|t|`` zeroed.
+
+        Args:
+            t (Tensor): the tensor (or importance scores) to prune.
+            default_mask (Tensor): the mask from earlier pruning; only its nonzero entries
+                are candidates.
+
+        Returns:
+            The new mask, of ``default_mask``'s dtype.
+
+        Example:
+            >>> LevelPruningMethod(1).compute_mask(torch.tensor([3.0, -1.0, 2.0]), torch.ones(3))
+            tensor([1., 0., 1.])
+        """
         keep = level_mask(t, default_mask != 0, self.amount)
         return keep.to(default_mask.dtype)
 
@@ -161,8 +237,23 @@ class LevelPruningMethod(prune.BasePruningMethod):
             importance_scores (Tensor, optional): scores in place of the parameter's values.
 
         Returns:
-            The method instance attached to the module.
+            The method instance attached to the module (a ``PruningContainer`` when the
+            tensor was pruned before).
+
+        Example:
+            >>> lin = nn.Linear(4, 4)
+            >>> _ = LevelPruningMethod.apply(lin, "weight", amount=6)
+            >>> int((lin.weight == 0).sum()), sorted(lin.state_dict())
+            (6, ['bias', 'weight_mask', 'weight_orig'])
         """
+        # Check the count before torch's apply moves the parameter: its roll-back on a
+        # failed compute_mask re-registers it, which reorders the state_dict.
+        validate_amount(amount)
+        mask = getattr(module, name + "_mask", None)
+        if isinstance(mask, Tensor) and _torch_hook(module, name) is not None:
+            amount_to_count(amount, int((mask != 0).sum()))
+        elif isinstance(getattr(module, name, None), Tensor):
+            amount_to_count(amount, getattr(module, name).numel())
         return super().apply(module, name, amount=amount, importance_scores=importance_scores)
 
 
@@ -191,6 +282,20 @@ class SigmaThresholdPruningMethod(prune.BasePruningMethod):
         self.q = float(q)
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
+        """Return ``default_mask`` with the unmasked entries below ``q * std`` zeroed.
+
+        Args:
+            t (Tensor): the tensor (or importance scores) to prune.
+            default_mask (Tensor): the mask from earlier pruning.
+
+        Returns:
+            The new mask, of ``default_mask``'s dtype.
+
+        Example:
+            >>> t = torch.tensor([-2.0, -0.1, 0.2, 2.0])
+            >>> SigmaThresholdPruningMethod(0.5).compute_mask(t, torch.ones(4))
+            tensor([1., 0., 0., 1.])
+        """
         keep = default_mask != 0
         kept = t.detach()[keep].double()
         if kept.numel() < 2:
@@ -202,7 +307,25 @@ class SigmaThresholdPruningMethod(prune.BasePruningMethod):
     def apply(  # type: ignore[override]
         cls, module: nn.Module, name: str, q: float, importance_scores: Tensor | None = None
     ) -> SigmaThresholdPruningMethod:
-        """Add the pruning hook and mask to ``module.<name>`` (torch's hook mechanism)."""
+        """Add the pruning hook and mask to ``module.<name>`` (torch's hook mechanism).
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): parameter name within ``module``.
+            q (float): see the class docstring.
+            importance_scores (Tensor, optional): scores in place of the parameter's values.
+
+        Returns:
+            The method instance attached to the module.
+
+        Example:
+            >>> lin = nn.Linear(2, 2)
+            >>> with torch.no_grad():
+            ...     _ = lin.weight.copy_(torch.tensor([[-2.0, -0.1], [0.2, 2.0]]))
+            >>> _ = SigmaThresholdPruningMethod.apply(lin, "weight", q=0.5)
+            >>> (lin.weight == 0).tolist()
+            [[False, True], [True, False]]
+        """
         return super().apply(module, name, q=q, importance_scores=importance_scores)
 
 
@@ -227,6 +350,18 @@ def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
     Returns:
         ``(value, keep)``: the effective tensor (detached) and a ``bool`` mask of its
         unpruned entries.
+
+    Raises:
+        TypeError: ``module`` is no ``nn.Module``, ``name`` no ``str``, or the tensor is not
+            floating-point.
+        ValueError: ``name`` is no parameter of ``module``, carries a foreign
+            parametrization, is empty, or holds NaN/Inf.
+
+    Example:
+        >>> lin = nn.Linear(3, 2)
+        >>> value, keep = compressible_state(lin, "weight")
+        >>> value.shape, bool(keep.all())
+        (torch.Size([2, 3]), True)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
@@ -249,24 +384,49 @@ def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
         else:
             param = module._parameters.get(name)
             if param is None:
+                names = {n for n, p in module._parameters.items() if p is not None}
+                names |= (
+                    set(module.parametrizations) if parametrize.is_parametrized(module) else set()
+                )
+                names |= {
+                    h._tensor_name
+                    for h in module._forward_pre_hooks.values()
+                    if isinstance(h, prune.BasePruningMethod)
+                }
                 raise ValueError(
-                    f"name={name!r} is not a parameter of {type(module).__name__}; expected one "
-                    f"of {sorted(n for n, _ in module.named_parameters(recurse=False))}"
+                    f"name={name!r} is not a parameter of {_class_name(module)}; expected one "
+                    f"of {sorted(names)}"
                 )
             value, keep = param.detach(), torch.ones_like(param, dtype=torch.bool)
     if not value.is_floating_point():
         raise TypeError(f"name={name!r} must name a floating-point tensor, got {value.dtype}")
     if value.numel() == 0:
         raise ValueError(f"name={name!r} names an empty tensor; there is nothing to compress")
-    check_finite(value, f"{type(module).__name__}.{name}")
+    check_finite(value, f"{_class_name(module)}.{name}")
     return value, keep
+
+
+def _class_name(module: nn.Module) -> str:
+    """``Linear`` for a ``ParametrizedLinear``: the class the user knows."""
+    return parametrize.type_before_parametrizations(module).__name__
 
 
 def adopt_torch_pruning(module: nn.Module, name: str) -> None:
     """Turn torch's hook-based pruning of ``module.<name>`` into a plain parameter.
 
-    The masked value becomes the parameter; callers re-create the mask as a
-    parametrization.
+    The masked value becomes the parameter (``prune.remove``); callers re-create the mask
+    as a parametrization. Does nothing when the tensor carries no torch pruning hook.
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
+
+    Example:
+        >>> lin = nn.Linear(4, 4)
+        >>> _ = torch.nn.utils.prune.l1_unstructured(lin, "weight", amount=0.5)
+        >>> adopt_torch_pruning(lin, "weight")
+        >>> sorted(lin.state_dict()), int((lin.weight == 0).sum())
+        (['bias', 'weight'], 8)
     """
     if _torch_hook(module, name) is not None:
         prune.remove(module, name)
@@ -276,7 +436,19 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
     """Make ``keep`` the pruning mask of ``module.<name>``, whatever carries it now.
 
     A shared tensor moves its newly pruned entries to the zero code; a masked tensor
-    updates its mask; a plain (or torch-pruned) one gets a :class:`PruningMask`.
+    updates its mask; a plain (or torch-pruned) one gets a :class:`PruningMask`. ``keep``
+    is trusted (callers pass a subset of the current keep-mask, of the tensor's shape).
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
+        keep (Tensor): ``bool``, ``False`` for the entries to prune.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> apply_keep_mask(lin, "weight", torch.tensor([[True, False], [False, True]]))
+        >>> (lin.weight == 0).tolist()
+        [[False, True], [True, False]]
     """
     reparam = get_reparametrization(module, name)
     with torch.no_grad():
@@ -289,7 +461,7 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
             reparam.mask.copy_(keep)
         else:
             adopt_torch_pruning(module, name)
-            parametrize.register_parametrization(module, name, PruningMask(keep))
+            _register(module, name, PruningMask(keep))
 
 
 def level_prune(
@@ -365,15 +537,35 @@ def global_level_prune(
     targets: Sequence[tuple[nn.Module, str]] = list(parameters)
     if not targets:
         raise ValueError("parameters must name at least one (module, name) pair")
+    seen: set[tuple[int, str]] = set()
+    for pair in targets:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"parameters must hold (module, name) pairs, got {pair!r}")
+        key = (id(pair[0]), pair[1])
+        if key in seen:
+            raise ValueError(f"parameters names ({type(pair[0]).__name__}, {pair[1]!r}) twice")
+        seen.add(key)
+    if importance_scores is not None and not isinstance(importance_scores, dict):
+        raise TypeError(
+            "importance_scores must be a dict mapping (module, name) to a tensor, got "
+            f"{type(importance_scores).__name__}"
+        )
     states = [compressible_state(m, n) for m, n in targets]
     scores = []
+    work_dtype = (
+        torch.float64 if any(v.dtype == torch.float64 for v, _ in states) else torch.float32
+    )
     for (m, n), (value, _) in zip(targets, states):
         s = value
         if importance_scores is not None and (m, n) in importance_scores:
             s = importance_scores[(m, n)]
-            if s.shape != value.shape:
-                raise ValueError(f"importance_scores for {n!r} must have shape {tuple(value.shape)}")
-        scores.append(s.detach().abs().reshape(-1).float())
+            if not isinstance(s, Tensor) or s.shape != value.shape:
+                raise ValueError(
+                    f"importance_scores for {n!r} must be a tensor of shape "
+                    f"{tuple(value.shape)}, got {getattr(s, 'shape', type(s).__name__)}"
+                )
+            check_finite(s, f"importance_scores for {n!r}")
+        scores.append(s.detach().abs().reshape(-1).to(device=value.device, dtype=work_dtype))
     keep = torch.cat([k.reshape(-1) for _, k in states])
     new_keep = level_mask(torch.cat(scores), keep, amount)
     offset = 0

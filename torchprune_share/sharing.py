@@ -8,7 +8,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .parametrizations import GRANULARITIES, PruningMask, WeightSharing, cluster, get_reparametrization
+from .parametrizations import (
+    GRANULARITIES,
+    PruningMask,
+    WeightSharing,
+    _register,
+    cluster,
+    get_reparametrization,
+)
 from .pruning import adopt_torch_pruning, compressible_state
 
 __all__ = ["recluster", "register_weight_sharing"]
@@ -17,7 +24,9 @@ INITS = ("linear", "density", "random", "kmeans++")
 METHODS = ("lloyd", "optimal", "sklearn")
 
 
-def _validate_sharing_args(bits: object, init: str, method: str, granularity: str, channel_axis: object) -> None:
+def _validate_sharing_args(
+    bits: object, init: str, method: str, granularity: str, channel_axis: object
+) -> None:
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
         raise TypeError(f"bits must be an int in [1, 16], got {type(bits).__name__}")
     if not 1 <= bits <= 16:
@@ -30,6 +39,20 @@ def _validate_sharing_args(bits: object, init: str, method: str, granularity: st
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
         raise TypeError(f"channel_axis must be an int, got {type(channel_axis).__name__}")
+
+
+def _check_channel_axis(granularity: str, channel_axis: int, dim: int) -> None:
+    if granularity != "per_channel":
+        return
+    if dim == 0:
+        raise ValueError(
+            'granularity="per_channel" needs a tensor with at least one dimension; use '
+            '"per_tensor" for a 0-D tensor'
+        )
+    if not -dim <= channel_axis < dim:
+        raise ValueError(
+            f"channel_axis must be in [{-dim}, {dim - 1}] for a {dim}-D tensor, got {channel_axis}"
+        )
 
 
 def register_weight_sharing(
@@ -53,7 +76,12 @@ def register_weight_sharing(
     :func:`~torchprune_share.level_prune` or ``torch.nn.utils.prune``, whose mask is
     adopted) take a zero code that no optimizer moves, and are left out of the
     clustering. A tensor with fewer distinct values than ``2**bits`` gets a smaller
-    codebook, with no empty cluster.
+    codebook, with no empty cluster (per channel, a channel with fewer distinct values
+    than the largest codebook pads its row with copies that own no weight).
+
+    The tensor's ``nn.Parameter`` object becomes the codebook (``set_``, as
+    ``parametrize`` does), so its ``.grad`` is cleared, and an optimizer built before holds
+    state of the old shape: build a new one.
 
     Args:
         module (nn.Module): module containing the tensor.
@@ -89,11 +117,7 @@ def register_weight_sharing(
             "torchprune_share.recluster(module, name, bits=...) to cluster it again"
         )
     value, keep = compressible_state(module, name)
-    if granularity == "per_channel" and not -value.dim() <= channel_axis < max(value.dim(), 1):
-        raise ValueError(
-            f"channel_axis must be in [{-value.dim()}, {value.dim() - 1}] for a "
-            f"{value.dim()}-D tensor, got {channel_axis}"
-        )
+    _check_channel_axis(granularity, channel_axis, value.dim())
     codebook, index = cluster(
         value,
         keep,
@@ -122,8 +146,12 @@ def register_weight_sharing(
         method=method,
         cache_index=cache_index,
     )
-    parametrize.register_parametrization(module, name, sharing, unsafe=True)
-    module.parametrizations[name].original.requires_grad_(requires_grad)
+    _register(module, name, sharing, unsafe=True)
+    codebook_param = module.parametrizations[name].original
+    codebook_param.requires_grad_(requires_grad)
+    # The Parameter object is kept (set_ to the codebook); a gradient of the old shape
+    # would break the next backward.
+    codebook_param.grad = None
     return module
 
 
@@ -170,9 +198,14 @@ def recluster(
     settings.update(kwargs)  # type: ignore[arg-type]
     bits = reparam.bits if bits is None else bits
     _validate_sharing_args(
-        bits, settings["init"], settings["method"], settings["granularity"], settings["channel_axis"]
+        bits,
+        settings["init"],
+        settings["method"],
+        settings["granularity"],
+        settings["channel_axis"],
     )
     value, keep = compressible_state(module, name)
+    _check_channel_axis(settings["granularity"], settings["channel_axis"], value.dim())
     requires_grad = module.parametrizations[name].original.requires_grad
     codebook, index = cluster(
         value,
@@ -195,6 +228,10 @@ def recluster(
         method=settings["method"],
         cache_index=settings["cache_index"],
     )
-    parametrize.register_parametrization(module, name, sharing, unsafe=True)
-    module.parametrizations[name].original.requires_grad_(requires_grad)
+    _register(module, name, sharing, unsafe=True)
+    codebook_param = module.parametrizations[name].original
+    codebook_param.requires_grad_(requires_grad)
+    # The Parameter object is kept (set_ to the codebook); a gradient of the old shape
+    # would break the next backward.
+    codebook_param.grad = None
     return module
