@@ -122,8 +122,15 @@ class _CodebookGather(torch.autograd.Function):
             return None, None, None
         (flat_index,) = ctx.saved_tensors
         *lead, k = ctx.codebook_shape
-        slots = grad.new_zeros(int(torch.Size(lead).numel()) * (k + 1))
-        slots.index_add_(0, flat_index, grad.reshape(-1))
+        n_slots = int(torch.Size(lead).numel()) * (k + 1)
+        if grad.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+            # bincount is ~1.2-2x faster than index_add_ on CPU, but its output size depends
+            # on the data, which compiled graphs cannot express.
+            slots = torch.bincount(flat_index, weights=grad.reshape(-1), minlength=n_slots)
+            slots = slots.to(grad.dtype)
+        else:
+            slots = grad.new_zeros(n_slots)
+            slots.index_add_(0, flat_index, grad.reshape(-1))
         return slots.view(*lead, k + 1)[..., :k], None, None
 
 
