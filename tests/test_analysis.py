@@ -403,3 +403,11 @@ def test_scan_of_a_foreign_parametrization_restores_it():
     assert list(r) == ["0.weight", "1.weight"]
     assert_same_state(net, state)
     assert len(net[0].parametrizations.weight) == 1
+
+
+def test_param_names_star_adds_to_the_defaults():
+    net = compressed_net()
+    r = perform_sensitivity_analysis(
+        net, None, [0.5], lambda m: {"accuracy": 1.0}, param_names=["fc1.bias", "*"], progress=False
+    )
+    assert list(r) == ["fc1.bias", "conv.weight", "fc1.weight", "fc2.weight", "fc3.weight"]

@@ -4,8 +4,20 @@ Magnitude pruning, trained k-means weight sharing and Huffman-coded model files,
 as extensions of :mod:`torch.nn.utils.prune` and :mod:`torch.nn.utils.parametrize`.
 """
 
+from . import bits_analysis, sensitivity
+from .analysis import BitLevels, LevelKind, PruningMethodLevels, ScanResult, SparsityLevels, scan
+from .bits_analysis import perform_bits_analysis
 from .checkpoint import CheckpointError, bake, compressed_tensors, load_state_dict
+from .fileformat import (
+    CompressedFileError,
+    CompressionReport,
+    compression_report,
+    load_compressed,
+    save_compressed,
+)
+from .kmeans import kmeans1d
 from .parametrizations import PruningMask, WeightSharing
+from .policies import LevelPruner, Quantizer, recommend_bits, recommend_sparsities
 from .pruning import (
     LevelPruningMethod,
     SigmaThresholdPruningMethod,
@@ -13,20 +25,50 @@ from .pruning import (
     level_prune,
     sigma_prune,
 )
+from .schedules import AGPSchedule, ConstantSchedule, SparsitySchedule
+from .sensitivity import perform_sensitivity_analysis
 from .sharing import recluster, register_weight_sharing
+from .summary import CompressionSummary, compression_summary
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "AGPSchedule",
+    "BitLevels",
     "CheckpointError",
+    "CompressedFileError",
+    "CompressionReport",
+    "CompressionSummary",
+    "ConstantSchedule",
+    "LevelKind",
+    "LevelPruner",
     "LevelPruningMethod",
     "PruningMask",
+    "PruningMethodLevels",
+    "Quantizer",
+    "ScanResult",
     "SigmaThresholdPruningMethod",
+    "SparsityLevels",
+    "SparsitySchedule",
     "WeightSharing",
     "bake",
+    "bits_analysis",
     "compressed_tensors",
+    "compression_report",
+    "compression_summary",
     "global_level_prune",
+    "kmeans1d",
     "level_prune",
+    "load_compressed",
     "load_state_dict",
+    "perform_bits_analysis",
+    "perform_sensitivity_analysis",
     "recluster",
+    "recommend_bits",
+    "recommend_sparsities",
     "register_weight_sharing",
+    "save_compressed",
+    "scan",
+    "sensitivity",
     "sigma_prune",
 ]

@@ -228,6 +228,17 @@ class LevelKind(ABC):
         baseline_label (str): the legend label of the unchanged model's line.
         damage_increases (bool): ``True`` if higher levels change the tensor more (so an
             early stop walks levels upwards), ``False`` if lower ones do (bit widths).
+
+    Example:
+        >>> class Noise(LevelKind):  # how robust is each layer to relative noise?
+        ...     name, axis_label = "noise", "relative noise"
+        ...     def transform(self, value, keep, level):
+        ...         g = torch.Generator().manual_seed(0)
+        ...         return value * (1 + level * torch.randn(value.shape, generator=g))
+        >>> net = nn.Sequential(nn.Linear(4, 2))
+        >>> r = scan(net, [0.1, 0.5], lambda m: {"accuracy": 1.0}, kind=Noise(), progress=False)
+        >>> list(r["0.weight"])
+        [0.1, 0.5]
     """
 
     name = "level"
@@ -243,6 +254,10 @@ class LevelKind(ABC):
 
         Returns:
             The sorted list of distinct levels.
+
+        Example:
+            >>> SparsityLevels().normalize([0.5, 0.1 + 0.2, 0.3])
+            [0.3, 0.5]
         """
         out = []
         for level in levels:
@@ -497,6 +512,10 @@ class ScanResult(dict):
 
         Returns:
             The rows, in parameter then level order.
+
+        Example:
+            >>> ScanResult({"w": {2: {"accuracy": 9.0}, 4: {"accuracy": 9.5}}}).rows()[1]
+            {'parameter': 'w', 'level': 4, 'accuracy': 9.5}
         """
         return [
             {"parameter": param, "level": level, **metrics}
@@ -505,11 +524,22 @@ class ScanResult(dict):
         ]
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write the rows to ``path``; see :func:`scan_to_csv`."""
+        """Write the rows to ``path``; see :func:`scan_to_csv`.
+
+        Example:
+            >>> ScanResult({"w": {0.5: {"accuracy": 9.0, "loss": 0.1}}}).to_csv("s.csv").name
+            's.csv'
+        """
         return scan_to_csv(self, path)
 
     def to_png(self, path: str | Path, metric: str = "accuracy", **kwargs: Any) -> Path:
-        """Plot one line per parameter to ``path``; see :func:`scan_to_png`."""
+        """Plot one line per parameter to ``path``; see :func:`scan_to_png`.
+
+        Example:
+            >>> r = ScanResult({"w": {0.5: {"accuracy": 9.0, "loss": 0.1}}}, baseline={"loss": 0.1})
+            >>> r.to_png("s.png", metric="loss").suffix
+            '.png'
+        """
         return scan_to_png(self, path, metric=metric, **kwargs)
 
 
@@ -818,6 +848,16 @@ class _Slot:
         self.written = False
 
 
+def _expand_default(model: nn.Module, names: list[str]) -> list[str]:
+    """Replace ``"*"`` by the default tensors that are not named explicitly."""
+    if "*" not in names:
+        return names
+    i = names.index("*")
+    explicit = set(names[:i] + names[i + 1 :])
+    defaults = [q for q in default_parameter_names(model) if q not in explicit]
+    return names[:i] + defaults + names[i + 1 :]
+
+
 def _evaluate(evaluate: Evaluator, model: nn.Module) -> Metrics:
     with torch.inference_mode():
         return _as_metrics(evaluate(model))
@@ -879,7 +919,9 @@ def scan(
         evaluate (callable): ``model -> dict of metrics`` (see :func:`make_evaluator`).
         kind (LevelKind): what a level does to a tensor.
         param_names (Sequence[str], optional): tensors to scan, by user-facing name
-            (``"fc1.weight"``), any rank; default :func:`default_parameter_names`.
+            (``"fc1.weight"``), any rank; ``"*"`` stands for the defaults,
+            :func:`default_parameter_names` (every weight of dim >= 2), which is also what
+            ``None`` (the default) scans. ``["*", "fc1.bias"]`` adds a bias to them.
         stop_below (float, optional): per tensor, stop at the first level (in order of
             increasing damage) whose ``stop_metric`` falls below this; later levels are
             absent from the result.
@@ -907,7 +949,7 @@ def scan(
     if isinstance(param_names, str):
         raise TypeError("param_names must be a sequence of names, not a str")
     levels = kind.normalize(levels)
-    names = default_parameter_names(model) if param_names is None else list(param_names)
+    names = _expand_default(model, ["*"] if param_names is None else list(param_names))
     errors, targets, seen = [], [], {}
     for qualified in names:
         try:

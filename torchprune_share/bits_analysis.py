@@ -64,8 +64,8 @@ def perform_bits_analysis(
         init (str): k-means initialisation. Default: ``"linear"``.
         method (str): k-means method. Default: ``"lloyd"``.
         seed (int, optional): seed for random inits (a fresh generator per point).
-        param_names (Sequence[str], optional): tensors to scan; default every weight of
-            dim >= 2.
+        param_names (Sequence[str], optional): tensors to scan (``"fc1.weight"``); default
+            every weight of dim >= 2, which ``"*"`` also stands for (``["*", "fc1.bias"]``).
         stop_below (float, optional): per tensor, stop after the first width whose
             accuracy is below this.
         max_batches (int, optional): evaluate on the first batches of ``val_loader`` only.

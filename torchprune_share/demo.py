@@ -90,6 +90,53 @@ def _dense_bytes(model: nn.Module) -> int:
     return len(buf.getvalue())
 
 
+def share_and_finetune(
+    model: nn.Module,
+    bits: dict[str, int],
+    train_loader: Any,
+    test_loader: Any,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    method: str = "lloyd",
+    granularity: str = "per_tensor",
+    progress: bool = True,
+) -> tuple[float, float]:
+    """Share each named tensor at its bits, then fine-tune (codebooks and the rest).
+
+    Adam, not SGD: a centroid's gradient is the *sum* of its weights' gradients (Deep
+    Compression's Eq. 3), hundreds of times a weight's, and Adam's per-parameter scaling
+    makes one learning rate fit codebooks and biases alike.
+
+    Args:
+        model (nn.Module): the (pruned) model, changed in place.
+        bits (dict): ``{tensor name: bits}``.
+        train_loader, test_loader: the data.
+        epochs (int): fine-tuning epochs.
+        lr (float): Adam's learning rate. Default: 1e-3.
+        method (str): k-means method. Default: ``"lloyd"``.
+        granularity (str): ``"per_tensor"`` or ``"per_channel"``.
+        progress (bool): show a progress bar.
+
+    Returns:
+        ``(accuracy right after sharing, accuracy after fine-tuning)`` on ``test_loader``.
+    """
+    quantizer = Quantizer(list(bits.items()), method=method, granularity=granularity)
+    with torch.no_grad():
+        quantizer.quantize(model)
+    shared = evaluate(model, test_loader)[0]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    train(
+        model,
+        train_loader,
+        epochs=epochs,
+        optimizer=opt,
+        progress=progress,
+        desc="fine-tune codebooks",
+    )
+    return shared, evaluate(model, test_loader)[0]
+
+
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole Deep Compression pipeline and write its outputs to ``config.out``.
 
@@ -207,20 +254,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     # 5. weight sharing and codebook fine-tuning
     t0 = time.perf_counter()
-    quantizer = Quantizer(list(bits.items()), method=config.method, granularity=config.granularity)
-    with torch.no_grad():
-        quantizer.quantize(model)
-    acc["shared"] = evaluate(model, test_loader)[0]
-    opt = _sgd(model, config.lr / 5)
-    train(
+    acc["shared"], acc["final"] = share_and_finetune(
         model,
+        bits,
         train_loader,
+        test_loader,
         epochs=share_epochs,
-        optimizer=opt,
+        method=config.method,
+        granularity=config.granularity,
         progress=p,
-        desc="fine-tune codebooks",
     )
-    acc["final"] = evaluate(model, test_loader)[0]
     lap("sharing", t0)
 
     # 6. the compressed file, reloaded into a fresh model

@@ -144,8 +144,9 @@ class LevelPruner:
         self.model = model
         self.last_step: int | None = None
         self._applied: dict[str, tuple[Any, float]] = {}
+        self._targets_cache: tuple[Any, list] | None = None
         if model is not None:
-            self.targets(model)
+            self._cached_targets(model)
 
     def targets(self, model: nn.Module) -> list[tuple[str, nn.Module, str, SparsitySchedule]]:
         """The tensors this pruner acts on in ``model``, with their schedules.
@@ -159,6 +160,11 @@ class LevelPruner:
 
         Raises:
             ValueError: listing every name the model lacks.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+            >>> [(q, s.final) for q, _, _, s in LevelPruner({"1.weight": 0.5, "*": 0.2}).targets(net)]
+            [('1.weight', 0.5), ('0.weight', 0.2)]
         """
         found = _resolve_all(model, list(self.options), "LevelPruner")
         out = [(q, *found[q], s) for q, s in self.options.items() if q != DEFAULT]
@@ -204,7 +210,7 @@ class LevelPruner:
         self.model = model
         t = self.last_step if self.last_step is not None else 0
         plan, bad, targets = [], [], {}
-        for q, module, name, schedule in self.targets(model):
+        for q, module, name, schedule in self._cached_targets(model):
             target = schedule.sparsity(t)
             targets[q] = target
             reparam = get_reparametrization(module, name)
@@ -231,6 +237,24 @@ class LevelPruner:
                 level_prune(module, name, amount=want - (value.numel() - int(keep.sum())))
             reparam = get_reparametrization(module, name)
             self._applied[q] = (weakref.ref(reparam) if reparam is not None else None, target)
+        return targets
+
+    def _cached_targets(
+        self, model: nn.Module
+    ) -> list[tuple[str, nn.Module, str, SparsitySchedule]]:
+        """:meth:`targets`, resolved once per model and re-resolved if a module was replaced.
+
+        ``prune`` runs after every optimizer step; resolving names walks the whole model.
+        """
+        cached = self._targets_cache
+        if cached is not None and cached[0]() is model:
+            try:
+                if all(model.get_submodule(q.rpartition(".")[0]) is m for q, m, _, _ in cached[1]):
+                    return cached[1]
+            except AttributeError:
+                pass
+        targets = self.targets(model)
+        self._targets_cache = (weakref.ref(model), targets)
         return targets
 
     @staticmethod
@@ -277,6 +301,12 @@ class LevelPruner:
 
         Returns:
             ``{"last_step": int or None}``.
+
+        Example:
+            >>> pruner = LevelPruner({"*": 0.5})
+            >>> _ = pruner.prune(nn.Linear(4, 4), step=7)
+            >>> pruner.state_dict()
+            {'last_step': 7}
         """
         return {"last_step": self.last_step}
 
@@ -285,6 +315,12 @@ class LevelPruner:
 
         Args:
             state (Mapping): ``{"last_step": ...}``.
+
+        Example:
+            >>> pruner = LevelPruner({"*": 0.5})
+            >>> pruner.load_state_dict({"last_step": 7})
+            >>> pruner.last_step
+            7
         """
         self.last_step = state["last_step"]
 
@@ -402,6 +438,11 @@ class Quantizer:
 
         Raises:
             ValueError: listing every name the model lacks.
+
+        Example:
+            >>> q = Quantizer([("0.weight", 4, {"granularity": "per_channel"})])
+            >>> [(n, b, s["granularity"]) for n, _, _, b, s in q.targets(nn.Sequential(nn.Linear(4, 2)))]
+            [('0.weight', 4, 'per_channel')]
         """
         found = _resolve_all(model, list(self.options), "Quantizer")
         out = [(q, *found[q], *v) for q, v in self.options.items() if q != DEFAULT]

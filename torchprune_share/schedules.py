@@ -33,13 +33,32 @@ class SparsitySchedule(ABC):
     """The target sparsity of a tensor at each training step.
 
     Subclasses implement :meth:`sparsity` and set :attr:`final`, the sparsity reached last.
+
+    Example:
+        >>> class Linear(SparsitySchedule):  # a linear ramp to 0.8 over 100 steps
+        ...     final = 0.8
+        ...     def sparsity(self, step):
+        ...         return self.final * min(step, 100) / 100
+        >>> Linear().sparsity(50)
+        0.4
     """
 
     final: float
 
     @abstractmethod
     def sparsity(self, step: int) -> float:
-        """The target sparsity (fraction of all entries pruned) at ``step``."""
+        """The target sparsity (fraction of all entries pruned) at ``step``.
+
+        Args:
+            step (int): the training step.
+
+        Returns:
+            A float in [0, 1].
+
+        Example:
+            >>> AGPSchedule(0.0, 0.9, 0, 10).sparsity(10)
+            0.9
+        """
 
 
 class ConstantSchedule(SparsitySchedule):

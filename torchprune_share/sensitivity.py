@@ -52,7 +52,7 @@ def perform_sensitivity_analysis(
             :func:`torchprune_share.training.evaluate`.
         criterion (callable, optional): the loss passed to ``validate_func``.
         param_names (Sequence[str], optional): tensors to scan (``"fc1.weight"``); default
-            every weight of dim >= 2.
+            every weight of dim >= 2, which ``"*"`` also stands for (``["*", "fc1.bias"]``).
         stop_below (float, optional): per tensor, stop after the first sparsity whose
             accuracy is below this.
         max_batches (int, optional): evaluate on the first batches of ``val_loader`` only.

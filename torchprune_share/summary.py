@@ -49,7 +49,13 @@ COLUMNS = (
 
 @dataclass
 class TensorSummary:
-    """One row of a :class:`CompressionSummary` (the totals row has ``shape=()``, ``bits=None``)."""
+    """One row of a :class:`CompressionSummary` (the totals row has ``shape=()``, ``bits=None``).
+
+    Example:
+        >>> r = compression_summary(nn.Linear(8, 4, bias=False)).rows[0]
+        >>> r.values()["shape"], r.sparsity, r.ratio, r.format
+        ('4x8', 0.0, 1.0, 'dense')
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -258,6 +264,11 @@ class CompressionSummary:
 
         Returns:
             The path written.
+
+        Example:
+            >>> p = compression_summary(nn.Linear(8, 4)).to_csv("summary.csv")
+            >>> p.read_text().splitlines()[-1]
+            'total,,36,36,0.0,,,144,144,1.0,'
         """
         path = Path(path)
         with path.open("w", newline="") as f:
@@ -275,6 +286,10 @@ class CompressionSummary:
 
         Returns:
             The Markdown text.
+
+        Example:
+            >>> print(compression_summary(nn.Linear(8, 4)).to_markdown().splitlines()[2])
+            | weight | 4x8 | 32 | 32 | 0.00% | 32 | 32 | 128 | 128 | 1.00x | dense |
         """
         cells = self._cells()
         cells[-1] = [f"**{c}**" if c else c for c in cells[-1]]
