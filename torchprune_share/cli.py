@@ -39,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="torchprune-share-out", help="output folder")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
-        "--max-drop", type=float, default=1.0, help="accuracy points a layer may lose in the scans"
+        "--max-drop",
+        type=float,
+        default=2.0,
+        help="accuracy points (validation) a layer may lose in each scan (default 2)",
+    )
+    demo.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default 1 on digits)"
     )
     demo.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default per data set)"
@@ -71,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
             seed=args.seed,
             max_drop=args.max_drop,
+            threads=args.threads,
             epochs=args.epochs,
             progress=not args.quiet,
         )
