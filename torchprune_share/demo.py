@@ -131,7 +131,7 @@ def prune_agp(
     """Prune to per-tensor sparsities along AGP ramps while fine-tuning (Zhu & Gupta).
 
     The ramps end after 60 % of the steps, pruning four times per epoch; the rest of the
-    steps fine-tune at the final sparsity.
+    steps fine-tune at the final sparsity. The learning rate decays on a cosine.
 
     Args:
         model (nn.Module): the model, pruned in place.
@@ -155,12 +155,19 @@ def prune_agp(
         model=model,
     )
     pruner.prune(model, step=0)
+    opt = _sgd(model, lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+    def after_step(t: int) -> None:
+        sched.step()
+        pruner.prune(model, step=t)
+
     train(
         model,
         train_loader,
         epochs=epochs,
-        optimizer=_sgd(model, lr),
-        after_step=lambda t: pruner.prune(model, step=t),
+        optimizer=opt,
+        after_step=after_step,
         progress=progress,
         desc="prune (AGP)",
     )
@@ -206,6 +213,8 @@ def share_and_finetune(
 ) -> tuple[float, float]:
     """Share each named tensor at its bits, then fine-tune (codebooks and the rest).
 
+    The learning rate decays on a cosine over the fine-tuning steps.
+
     Adam, not SGD: a centroid's gradient is the *sum* of its weights' gradients (Deep
     Compression's Eq. 3), hundreds of times a weight's, and Adam's per-parameter scaling
     makes one learning rate fit codebooks and biases alike.
@@ -228,11 +237,13 @@ def share_and_finetune(
         quantizer.quantize(model)
     shared = evaluate(model, test_loader)[0]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(train_loader)))
     train(
         model,
         train_loader,
         epochs=epochs,
         optimizer=opt,
+        after_step=lambda _: sched.step(),
         progress=progress,
         desc="fine-tune codebooks",
     )
