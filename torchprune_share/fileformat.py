@@ -16,14 +16,17 @@ fixed-width integers and tensor bytes little-endian)::
     record     varint name length, UTF-8 name (the state_dict key, or for a pruned or
                shared tensor its dense name such as "fc1.weight"; each name once)
                u8 kind: 0 raw, 1 pruned, 2 shared
-               u8 dtype (index into DTYPES), u8 ndim, ndim x varint shape
-      raw:     the tensor's bytes (numel x itemsize, C order)
+               u8 dtype (index into DTYPES; for a shared tensor the dense dtype),
+               u8 ndim, ndim x varint shape (numel = product <= 2**48)
+      raw:     the tensor's bytes (numel x itemsize, C order; bool as bytes 0/1,
+               bfloat16 as its 16-bit pattern)
       pruned:  varint n_kept, positions (only if n_kept < numel), then the n_kept kept
                values (dtype bytes, C order)
       shared:  u8 bits (1..16), u8 granularity (0 per_tensor, 1 per_channel),
                zigzag-varint channel_axis, u8 init, u8 method (indices into INITS,
                METHODS), varint k (centroids per codebook, <= 2**bits),
-               u8 codebook dtype (floating), u8 index dtype (uint8, int16 or int32),
+               u8 codebook dtype (floating), u8 index dtype (integer; holds code k, the
+               pruned zero, when n_kept < numel),
                codebook bytes (rows x k, rows = shape[channel_axis] or 1),
                varint n_kept, positions (only if n_kept < numel), codes
     positions  u8 index_bits b (1..16), stream of relative indices of the kept entries
@@ -38,7 +41,8 @@ fixed-width integers and tensor bytes little-endian)::
                (:func:`torchprune_share.codec.pack_bits`, exactly ceil(count x width / 8)
                bytes) or a canonical Huffman stream (:func:`torchprune_share.codec.encode`,
                never for an empty stream). The writer takes whichever is smaller when
-               Huffman coding is on.
+               Huffman coding is on, and unless told chooses each tensor's index_bits
+               as the width of the smallest positions block (the narrowest on a tie).
 
 A pruned tensor's pruned entries are not stored: after loading they are zero in the
 parametrization's ``original`` (the tensor itself is bitwise the same). Loading never
@@ -101,7 +105,7 @@ DTYPES: tuple[tuple[torch.dtype, str], ...] = (
 )
 TORCH_DTYPES = tuple(t for t, _ in DTYPES)
 NUMPY_DTYPES = {t: np.dtype(n) for t, n in DTYPES}
-INDEX_DTYPES = (torch.uint8, torch.int16, torch.int32)
+INDEX_DTYPES = tuple(t for t in TORCH_DTYPES if not t.is_floating_point and t != torch.bool)
 INITS = ("linear", "density", "random", "kmeans++")
 METHODS = ("lloyd", "optimal", "sklearn")
 
@@ -208,6 +212,13 @@ def _encode_shared(
     keep = ws.kept().cpu().reshape(-1).numpy()
     codes = ws.index.detach().cpu().reshape(-1).numpy()[keep]
     k = ws.num_centroids
+    if (
+        not 1 <= ws.bits <= MAX_BITS
+        or codebook.shape[-1] != k
+        or ws.index.dtype not in INDEX_DTYPES
+        or (len(codes) and not 0 <= codes.min() <= codes.max() < k)
+    ):
+        raise ValueError(f"tensor {name!r}: inconsistent weight sharing ({ws.extra_repr()})")
     settings = bytes([ws.bits, GRANULARITIES.index(ws.granularity)]) + _varint(
         2 * ws.channel_axis if ws.channel_axis >= 0 else -2 * ws.channel_axis - 1
     )
@@ -655,7 +666,7 @@ class _Expected:
     @classmethod
     def of(cls, model: nn.Module) -> _Expected:
         owner = _owners(model)
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))
         plain, compressible = {}, {}
         for key, t in model.state_dict().items():
             q = owner.get(key)
@@ -782,8 +793,10 @@ def _report_row(rec: _Record) -> dict[str, Any]:
 
 
 COLUMNS = ("tensor", "weights", "density", "bits", "index_bits", "dense", "P", "PQ", "PQH", "ratio")
-TABLE_HEAD = ("tensor", "weights", "density", "bits", "idx bits", "dense B", "P B", "P+Q B")
-TABLE_HEAD += ("P+Q+H B", "ratio")
+TABLE_HEAD = (
+    *("tensor", "weights", "density", "bits", "idx bits"),
+    *("dense B", "P B", "P+Q B", "P+Q+H B", "ratio"),
+)
 
 
 @dataclass
