@@ -366,10 +366,13 @@ def cluster(
     """
     if mask is None:
         mask = torch.ones_like(weight, dtype=torch.bool)
+    # Boolean gathers and scatters of tens of millions of entries cost as much as the
+    # clustering itself; a tensor with nothing pruned needs neither.
+    dense = bool(mask.all())
     work_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     w = weight.detach().to(work_dtype)
     if granularity == "per_tensor":
-        kept = w[mask]
+        kept = w.reshape(-1) if dense else w[mask]
         if kept.numel() == 0:
             codebook = w.new_zeros(0)
             codes = torch.zeros(weight.shape, dtype=torch.int64, device=weight.device)
@@ -377,8 +380,13 @@ def cluster(
             codebook, labels = kmeans.kmeans1d(
                 kept, 2**bits, init=init, method=method, generator=generator
             )
-            codes = torch.full(weight.shape, codebook.numel(), dtype=torch.int64, device=w.device)
-            codes[mask] = labels.to(w.device)
+            if dense:
+                codes = labels.to(w.device).view(weight.shape)
+            else:
+                codes = torch.full(
+                    weight.shape, codebook.numel(), dtype=torch.int64, device=w.device
+                )
+                codes[mask] = labels.to(w.device)
     else:
         dim = channel_axis % max(weight.dim(), 1)
         rows = w.movedim(dim, 0).reshape(w.shape[dim] if w.dim() else 1, -1)
@@ -399,7 +407,7 @@ def cluster(
         moved_shape = (w.shape[dim], *[s for i, s in enumerate(w.shape) if i != dim])
         codes = labels.reshape(moved_shape).movedim(0, dim)
     k = codebook.shape[-1]
-    max_code = k if bool((~mask).any()) else max(k - 1, 0)
+    max_code = max(k - 1, 0) if dense else k
     return codebook.to(weight.dtype), codes.to(index_dtype(max_code)).contiguous()
 
 
