@@ -205,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", type=int, default=12, help="epochs of dense training and of pruning"
     )
     ap.add_argument("--share-epochs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest for these small models on a busy 2-core machine)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--quick", action="store_true", help="1 epoch per stage on 6000 images, paper variant only"
