@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .parametrizations import PruningMask, WeightSharing, cluster, get_reparametrization
 from .pruning import _torch_hook, compressible_state, level_mask

@@ -767,17 +767,32 @@ def load_compressed(
 
 
 # -- report -----------------------------------------------------------------------------
+def _packed_positions_size(rec: _Record) -> int:
+    """Bytes of ``rec``'s positions block packed at its best fixed width (no Huffman).
+
+    The file's width minimises the Huffman-coded size and can be far from the best
+    packed width (e.g. 11 bits where 5 would do), so P and P+Q are taken at their own.
+    """
+    if rec.positions is None:
+        return 0
+    keep = np.zeros(rec.numel, dtype=bool)
+    keep[rec.positions] = True
+    return len(_positions(keep, huffman=False, index_bits=None))
+
+
 def _pruned_size(rec: _Record) -> int:
     """Bytes of ``rec`` stored as a pruned record with packed relative indices."""
     size = len(_header(rec.name, PRUNED, rec.dtype, rec.shape)) + len(_varint(rec.n_kept))
-    if rec.positions is not None:
-        size += 1 + rec.streams[0].packed_size
+    size += _packed_positions_size(rec)
     return size + rec.n_kept * NUMPY_DTYPES[rec.dtype].itemsize
 
 
 def _report_row(rec: _Record) -> dict[str, Any]:
     dense = rec.numel * NUMPY_DTYPES[rec.dtype].itemsize
     packed = rec.size + sum(s.packed_size - s.size for s in rec.streams)
+    if rec.positions is not None:
+        # Swap the positions block packed at the file's width for the best packed one.
+        packed += _packed_positions_size(rec) - (1 + rec.streams[0].packed_size)
     return dict(
         tensor=rec.name,
         weights=rec.numel,

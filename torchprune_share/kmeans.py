@@ -37,32 +37,30 @@ logger = logging.getLogger(__name__)
 _INITS = ("linear", "density", "random", "kmeans++")
 _METHODS = ("lloyd", "optimal", "sklearn")
 
-# method="optimal": the dynamic programme runs over at most this many cut
-# candidates per row. A row with at most this many distinct values is solved
-# exactly; a row with more is solved on a grid of this many cuts (exact costs,
-# restricted cut positions) and then refined by Lloyd on the real data.
-_OPTIMAL_GRID_1D = 4096
-# 2-D inputs have thousands of rows: a smaller grid per row (but never fewer
-# than _GRID_PER_CLUSTER cuts per cluster) keeps the batched DP to seconds.
-_OPTIMAL_GRID_2D = 512
+# method="optimal": the dynamic programme runs over at most m cut candidates
+# per row, m = clip(max(8 k, n / 64), 256, 4096) for rows of length n. A row
+# with at most m distinct values is solved exactly; a row with more is
+# solved on a grid of m cuts (exact costs, restricted cut positions) and then
+# refined by Lloyd on the real data. m depends on the row length and k only,
+# so a 2-D input gives the same result as its rows clustered one by one.
+_GRID_MIN = 256
+_GRID_MAX = 4096
 _GRID_PER_CLUSTER = 8
+_GRID_VALUES_PER_CUT = 64
 
 # 2-D inputs are processed in blocks of rows of about this many elements, to
 # bound the float64 working set (several arrays of the block's size).
-_BLOCK_ELEMS = 1 << 21
+_BLOCK_ELEMS = 1 << 22
 
 # Lloyd may need extra iterations past max_iter only while some cluster is
 # still empty (each iteration re-seeds empty clusters); this bounds them.
 _EXTRA_ITERS_PER_CLUSTER = 2
 
-# Label look-up table size (cells over the data range) for large 1-D inputs;
-# below _LUT_MIN_N a plain searchsorted is as fast.
+# Most cells per row of the label look-up table (cells over the data range).
 _LUT_CELLS = 1 << 16
 
-# Lloyd's cuts are first looked for in a window of this many sorted values
-# around their previous position.
-_CUT_WINDOW = 16
-_LUT_MIN_N = 1 << 16
+# Lloyd looks for a moved cut among this many neighbours before bisecting.
+_CUT_WINDOW = 8
 
 _TINY = 1e-300
 
@@ -98,8 +96,6 @@ def _validate(
         raise ValueError(f"x must be 1-D (n,) or 2-D (B, n), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite: it contains NaN or Inf")
     _check_int("k", k, 1)
     _check_int("max_iter", max_iter, 1)
     if init not in _INITS:
@@ -193,8 +189,16 @@ class _Rows:
         self.hi = np.where(has, s64[rows, np.maximum(self.nv - 1, 0)], 0.0)
         self.shift = np.where(has, s64[rows, self.nv // 2 * has], 0.0)
         self._invalid = invalid
-        y = self.centred()
+        # Prefix sums are built in place in their own buffer: large
+        # temporaries cost page faults on every allocation.
         self.w = None
+        self.cw = None
+        self.cwx = np.empty((B, L + 1), dtype=np.float64)
+        self.cwx[:, 0] = 0.0
+        y = self.cwx[:, 1:]
+        np.subtract(s64, self.shift[:, None], out=y)
+        if invalid is not None:
+            y[invalid] = 0.0
         if w is not None:
             wv = w.astype(np.float64, copy=True)
             if invalid is not None:
@@ -202,28 +206,24 @@ class _Rows:
             self.w = wv
             self.cw = _prefix(wv)
             y *= wv
-        else:
-            self.cw = None
-        self.cwx = _prefix(y)
-        del y
+        np.cumsum(y, axis=1, out=y)
         self._cwx2: np.ndarray | None = None
         self.total_w = self.wsum(self.nv[:, None])[:, 0]
-
-    def centred(self) -> np.ndarray:
-        """``s - shift`` with 0 in the padding (a new array)."""
-        y = self.s - self.shift[:, None]
-        if self._invalid is not None:
-            y[self._invalid] = 0.0
-        return y
 
     @property
     def cwx2(self) -> np.ndarray:
         if self._cwx2 is None:
-            yy = self.centred()
-            yy *= yy
+            out = np.empty((self.B, self.L + 1), dtype=np.float64)
+            out[:, 0] = 0.0
+            yy = out[:, 1:]
+            np.subtract(self.s, self.shift[:, None], out=yy)
+            if self._invalid is not None:
+                yy[self._invalid] = 0.0
+            np.multiply(yy, yy, out=yy)
             if self.w is not None:
                 yy *= self.w
-            self._cwx2 = _prefix(yy)
+            np.cumsum(yy, axis=1, out=yy)
+            self._cwx2 = out
         return self._cwx2
 
     def wsum(self, pos: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
@@ -259,34 +259,66 @@ class _Rows:
         if k == 1:
             return pos
         mids = 0.5 * (centroids[:, 1:] + centroids[:, :-1])
-        win = _CUT_WINDOW
-        if hint is None or self.L < 4 * win:
+        if hint is None or A == 1:
+            # One row: a single numpy searchsorted call is cheapest.
             pos[:, 1:k] = _searchsorted_rows(self.s, mids, True, r)
             return pos
+        # Late Lloyd iterations move few cuts: check every old cut with two
+        # look-ups (one cache miss, not log2(n)) and bisect only the moved ones.
         rr = np.arange(self.B) if r is None else r
-        ws = np.clip(hint[:, 1:k] - win // 2, 0, self.L - win)
-        base = ws + (rr * self.L)[:, None]
-        vals = self.s.ravel()[base[:, :, None] + np.arange(win)]
-        c = (vals <= mids[:, :, None]).sum(axis=2)
-        found = ((c > 0) | (ws == 0)) & ((c < win) | (ws == self.L - win))
-        # A cut outside its window: bisect between the window and the row end.
-        lo = np.where(c == 0, 0, ws + c)
-        hi = np.where(c == 0, ws, np.where(c == win, nv[:, None], ws + c))
-        p = self.count_le(mids, rr, lo, hi) if not found.all() else lo
+        L = self.L
+        p0 = hint[:, 1:k]
+        base = (rr * L)[:, None]
+        flat = self.s.ravel()
+        left = (p0 == 0) | (flat[base + np.maximum(p0 - 1, 0)] <= mids)
+        right = (p0 == L) | (flat[base + np.minimum(p0, L - 1)] > mids)
+        moved = np.flatnonzero(~(left & right))
+        p = p0.copy()
+        if moved.size:
+            # A moved cut usually moves by a few values: look in the next (or
+            # previous) _CUT_WINDOW values first, bisect the rest of the row
+            # only when it moved further.
+            w = _CUT_WINDOW
+            lf = left.ravel()[moved]
+            p0m = p0.ravel()[moved]
+            bm = np.broadcast_to(base, p0.shape).ravel()[moved]
+            nvm = np.broadcast_to(nv[:, None], p0.shape).ravel()[moved]
+            v = mids.ravel()[moved]
+            start = np.where(lf, p0m, p0m - w)
+            idx = start[:, None] + np.arange(w)
+            inside = (idx >= 0) & (idx < L)
+            vals = flat[bm[:, None] + np.clip(idx, 0, L - 1)]
+            cnt = ((vals <= v[:, None]) & inside).sum(axis=1)
+            # Right move: the first value > v is in the window unless all w
+            # are <= v. Left move: the values <= v are a prefix of the window
+            # (and everything before it) unless none of it is <= v.
+            ans = np.where(lf, p0m + cnt, np.maximum(start, 0) + cnt)
+            done = np.where(lf, (cnt < w) | (p0m + w >= nvm), (cnt > 0) | (start <= 0))
+            lo = np.where(lf, p0m + w, 0)
+            hi = np.where(lf, nvm, np.maximum(p0m - w, 0))
+            rest = np.flatnonzero(~done)
+            if rest.size:
+                ans[rest] = self.count_le(v[rest], bm[rest], lo[rest], np.maximum(hi, lo)[rest])
+            p.ravel()[moved] = ans
         pos[:, 1:k] = p
         return pos
 
-    def count_le(self, v: np.ndarray, r: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Number of values <= v in rows r, known to lie in [lo, hi] (vectorised bisection)."""
+    def count_le(
+        self, v: np.ndarray, base: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> np.ndarray:
+        """Number of values <= v in the rows starting at flat offset ``base``.
+
+        The answer is known to lie in [lo, hi]; vectorised bisection.
+        """
         lo, hi = lo.copy(), hi.copy()
-        base = r.reshape((-1,) + (1,) * (v.ndim - 1)) * self.L
         flat = self.s.ravel()
+        last = self.L - 1
         while True:
             act = lo < hi
             if not act.any():
                 return lo
             mid = (lo + hi) >> 1
-            le = flat[base + np.minimum(mid, self.L - 1)] <= v
+            le = flat[base + np.minimum(mid, last)] <= v
             lo = np.where(act & le, mid + 1, lo)
             hi = np.where(act & ~le, mid, hi)
 
@@ -496,6 +528,8 @@ def _lloyd(
     """
     B, k = cents.shape
     cents = np.sort(cents, axis=1)
+    if B == 1:
+        return _lloyd_one(rows, cents, max_iter, tol)
     scale = np.maximum(rows.hi - rows.lo, _TINY)
     part = rows.cuts(cents)
     ok = np.zeros(B, dtype=bool)
@@ -519,9 +553,7 @@ def _lloyd(
             e = np.flatnonzero(any_empty)
             new = new.copy()
             new_pos = pos.copy()
-            new[e], new_pos[e], new_ok[e] = _reseed(
-                rows, act[e], pos[e], W[e], S[e], new[e], c[e]
-            )
+            new[e], new_pos[e], new_ok[e] = _reseed(rows, act[e], pos[e], W[e], S[e], new[e], c[e])
         done = ~any_empty & (np.abs(new - c).max(axis=1) <= tol * scale[act])
         if it > 1:
             # Same partition as last time: a fixed point (the means repeat).
@@ -536,6 +568,52 @@ def _lloyd(
         act = act[~done]
     logger.debug("lloyd: %d iterations, %d/%d rows not converged", it, len(act), B)
     return cents, part, ok
+
+
+def _lloyd_one(
+    rows: _Rows, cents: np.ndarray, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_lloyd` for a single row, with the same steps and results.
+
+    A 1-D input spends most of its time here; 1-D arrays and a short
+    iteration keep Python overhead per iteration to a few microseconds.
+    """
+    k = cents.shape[1]
+    s, cwx = rows.s[0], rows.cwx[0]
+    cw = None if rows.cw is None else rows.cw[0]
+    shift, nv = float(rows.shift[0]), int(rows.nv[0])
+    lim = tol * max(float(rows.hi[0] - rows.lo[0]), _TINY)
+    c = cents[0].copy()
+    pos = np.empty(k + 1, dtype=np.int64)
+    pos[0], pos[k] = 0, nv
+    prev = None
+    part, ok = pos.copy(), False
+    hard_cap = max_iter + _EXTRA_ITERS_PER_CLUSTER * k
+    it = 0
+    done = False
+    while not done and it < hard_cap:
+        it += 1
+        if k > 1:
+            pos[1:k] = np.searchsorted(s, 0.5 * (c[1:] + c[:-1]), side="right")
+        W = np.diff(pos).astype(np.float64) if cw is None else np.diff(cw[pos])
+        S = np.diff(cwx[pos])
+        if (W <= 0).any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean = shift + S / W
+            new, new_part, new_ok = _reseed(
+                rows, np.zeros(1, np.int64), pos[None], W[None], S[None], mean[None], c[None]
+            )
+            c, part, ok = new[0], new_part[0], bool(new_ok[0])
+            done = False
+        else:
+            new = shift + S / W
+            done = float(np.abs(new - c).max()) <= lim
+            done |= prev is not None and bool((pos == prev).all())
+            done |= it >= max_iter
+            c, part, ok = new, pos.copy(), True
+        prev = pos.copy()
+    logger.debug("lloyd: %d iterations on one row (converged: %s)", it, done)
+    return c[None], part[None], np.array([ok])
 
 
 def _reseed(
@@ -568,7 +646,7 @@ def _reseed(
     gain = np.full(W.shape, -1.0)
     mL, mR, qbest = mean, mean, a
     for _ in range(3):
-        q = rows.count_le(split_val, r, a, b)
+        q = rows.count_le(split_val, (r * rows.L)[:, None], a, b)
         WL = rows.wsum(q, r) - ca
         SL = rows.xsum(q, r) - cb
         WR, SR = W - WL, S - SL
@@ -635,9 +713,10 @@ def _optimal_cuts(rows: _Rows, grid: np.ndarray, k: int) -> np.ndarray:
     ``grid`` (B, m) holds ascending cut positions per row, from 0 to nv
     (repeats allowed: they make empty segments, which cost 0). Costs are
     exact (prefix sums on the real data). D_c[j] = min_i D_{c-1}[i] +
-    cost(i, j) is solved for every layer c by divide and conquer over j
-    (the argmin is monotone in j for squared error, a Monge cost), all rows
-    and all columns of a level at once. O(k m log m) per row.
+    cost(i, j) is solved for every layer c by divide and conquer over j:
+    squared error is a Monge cost, so the (leftmost) argmin is monotone in j
+    and, across layers, never below the previous layer's. All rows and all
+    columns of a level are evaluated at once. O(k m log m) per row.
     Returns the cuts (B, k+1) as data positions.
     """
     B, m = grid.shape
@@ -645,53 +724,27 @@ def _optimal_cuts(rows: _Rows, grid: np.ndarray, k: int) -> np.ndarray:
     D = Qg - Sg * Sg / np.maximum(Wg, _TINY)
     args = np.zeros((k, B, m), dtype=np.int32)
     levels = _dc_levels(m)
-    roff = (np.arange(B) * m)[:, None, None]
+    roff = (np.arange(B) * m)[:, None]
     Wf, Sf = Wg.ravel(), Sg.ravel()
     for c in range(1, k):
         Af = (D - Qg).ravel()
+        prev = args[c - 1]
         # Columns m (sentinel "no left neighbour": argmin 0) and m + 1 ("no
         # right neighbour": unbounded) follow the real ones.
         best = np.zeros((B, m + 2), dtype=np.int64)
         best[:, m + 1] = m
-        last = c == k - 1
         Dn = np.empty_like(D)
-        for mid, left, right in [(np.array([m - 1]), np.array([-1]), np.array([m]))] if last else levels:
-            lo = best[:, np.where(left < 0, m, left)]
+        last = c == k - 1
+        for mid, left, right in (
+            [(np.array([m - 1]), np.array([-1]), np.array([m]))] if last else levels
+        ):
+            lo = np.maximum(best[:, np.where(left < 0, m, left)], prev[:, mid])
             hi = np.minimum(best[:, np.where(right >= m, m + 1, right)], mid[None, :])
             hi = np.maximum(hi, lo)
-            span = hi - lo + 1
-            L = int(span.max())
-            total = int(span.sum())
-            if L * span.size <= 2 * total + 64:
-                # Spans of similar length: a padded (B, mids, L) block, every
-                # column clipped to its span's end (a repeat of the last
-                # candidate never wins the leftmost argmin).
-                ii = lo[:, :, None] + np.arange(L)[None, None, :]
-                np.minimum(ii, hi[:, :, None], out=ii)
-                fi = ii + roff
-                fj = (mid[None, :] + roff[:, :, 0])[:, :, None]
-                dW = Wf[fj] - Wf[fi]
-                dS = Sf[fj] - Sf[fi]
-                v = Af[fi] - dS * dS / np.maximum(dW, _TINY)
-                am = v.argmin(axis=2)[:, :, None]
-                best[:, mid] = np.take_along_axis(ii, am, axis=2)[:, :, 0]
-                Dn[:, mid] = np.take_along_axis(v, am, axis=2)[:, :, 0] + Qg[:, mid]
-            else:
-                # Ragged spans (the argmin jumps somewhere): flatten them and
-                # take segment minima with reduceat.
-                sp = span.ravel()
-                starts = np.cumsum(sp) - sp
-                fj = np.broadcast_to(mid[None, :] + roff[:, :, 0], span.shape).ravel()
-                fi = np.arange(total) - np.repeat(starts - (lo + roff[:, :, 0]).ravel(), sp)
-                fjr = np.repeat(fj, sp)
-                dW = Wf[fjr] - Wf[fi]
-                dS = Sf[fjr] - Sf[fi]
-                v = Af[fi] - dS * dS / np.maximum(dW, _TINY)
-                vmin = np.minimum.reduceat(v, starts)
-                cand = np.where(v == np.repeat(vmin, sp), np.arange(total), total)
-                first = np.minimum.reduceat(cand, starts)
-                best[:, mid] = (fi[first] - roff[:, 0, 0].repeat(len(mid))).reshape(span.shape)
-                Dn[:, mid] = vmin.reshape(span.shape) + Qg[:, mid]
+            fj = (mid[None, :] + roff).ravel()
+            bi, vmin = _segment_argmin(Af, Wf, Sf, (lo + roff).ravel(), (hi + roff).ravel(), fj)
+            best[:, mid] = (bi - np.repeat(roff[:, 0], len(mid))).reshape(lo.shape)
+            Dn[:, mid] = vmin.reshape(lo.shape) + Qg[:, mid]
         args[c] = best[:, :m]
         D = Dn
     j = np.full(B, m - 1, dtype=np.int64)
@@ -702,6 +755,51 @@ def _optimal_cuts(rows: _Rows, grid: np.ndarray, k: int) -> np.ndarray:
         j = args[c][rws, j].astype(np.int64)
         cut_idx[:, c] = j
     return np.take_along_axis(grid, cut_idx, axis=1)
+
+
+def _segment_argmin(
+    Af: np.ndarray, Wf: np.ndarray, Sf: np.ndarray, lo: np.ndarray, hi: np.ndarray, fj: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each e: leftmost argmin over i in [lo_e, hi_e] of A_i - (S_j - S_i)^2 / (W_j - W_i).
+
+    j = fj_e; all indices are flat. Returns (argmin, min). Short spans are
+    evaluated as a padded rectangle (fast); the few long ones (where the
+    argmin jumps) are flattened and reduced with reduceat.
+    """
+    span = hi - lo + 1
+    L0 = max(4, 2 * int(np.ceil(span.mean())))
+    short = span <= L0
+    bi = np.empty(len(lo), dtype=np.int64)
+    vmin = np.empty(len(lo), dtype=np.float64)
+    Wj, Sj = Wf[fj], Sf[fj]
+    s_idx = np.flatnonzero(short) if not short.all() else slice(None)
+    if short.any():
+        slo, shi = lo[s_idx], hi[s_idx]
+        L = int(span[s_idx].max())
+        # Padding repeats the span's last candidate: never a leftmost argmin.
+        ii = np.minimum(slo[:, None] + np.arange(L)[None, :], shi[:, None])
+        dW = Wj[s_idx][:, None] - Wf[ii]
+        dS = Sj[s_idx][:, None] - Sf[ii]
+        v = Af[ii] - dS * dS / np.maximum(dW, _TINY)
+        am = v.argmin(axis=1)
+        r = np.arange(len(am))
+        bi[s_idx] = ii[r, am]
+        vmin[s_idx] = v[r, am]
+    if not short.all():
+        g = np.flatnonzero(~short)
+        sp = span[g]
+        total = int(sp.sum())
+        starts = np.cumsum(sp) - sp
+        fi = np.arange(total) - np.repeat(starts - lo[g], sp)
+        owner = np.repeat(np.arange(len(g)), sp)
+        dW = Wj[g][owner] - Wf[fi]
+        dS = Sj[g][owner] - Sf[fi]
+        v = Af[fi] - dS * dS / np.maximum(dW, _TINY)
+        vm = np.minimum.reduceat(v, starts)
+        cand = np.where(v == vm[owner], np.arange(total), total)
+        bi[g] = fi[np.minimum.reduceat(cand, starts)]
+        vmin[g] = vm
+    return bi, vmin
 
 
 def _grid(rows: _Rows, size: int) -> np.ndarray:
@@ -883,66 +981,67 @@ def _round_down_f32(m: np.ndarray) -> np.ndarray:
     return m32
 
 
-def _labels(xn: np.ndarray, cents: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Nearest-centroid index for every entry of xn (B, n); ties -> lower index.
+def _labels(
+    xn: np.ndarray, cents: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: np.ndarray
+) -> None:
+    """Nearest-centroid index of every entry of xn (B, n) into ``out``; ties -> lower.
 
     label = number of midpoints strictly below x. Comparisons are exact: for
     float32 data the float64 midpoints are rounded down to float32, which
-    does not change any x <= midpoint test.
+    does not change any ``x <= midpoint`` test.
+
+    A binary search per entry is memory-bound; instead a look-up table over
+    a uniform grid of cells on [lo, hi] gives a guess, which is corrected one
+    step at a time until ``mids[label-1] < x <= mids[label]`` holds
+    everywhere (usually after one pass), so the result is exact. Rows that
+    would need many passes (many midpoints inside one cell) fall back to
+    searchsorted.
     """
     B, k = cents.shape
+    n = xn.shape[1]
     if k == 1:
-        return np.zeros(xn.shape, dtype=np.int64)
+        out[:] = 0
+        return
     mids = 0.5 * (cents[:, 1:] + cents[:, :-1])
     if xn.dtype == np.float32:
         mids = _round_down_f32(mids)
-    if B == 1 and xn.shape[1] >= _LUT_MIN_N:
-        return _labels_lut(xn[0], mids[0], float(lo[0]), float(hi[0]))[None]
-    if B == 1:
-        return np.searchsorted(mids[0], xn[0], side="left")[None]
-    out = np.empty(xn.shape, dtype=np.int64)
-    step = max(1, _BLOCK_ELEMS // max(1, xn.shape[1]))
-    for i in range(0, B, step):  # blocks of rows, to bound the temporaries
-        out[i : i + step] = torch.searchsorted(
-            torch.from_numpy(np.ascontiguousarray(mids[i : i + step])),
-            torch.from_numpy(xn[i : i + step]),
-            right=False,
-        ).numpy()
-    return out
-
-
-def _labels_lut(x: np.ndarray, mids: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Labels of a large 1-D input via a look-up table, about 3x a searchsorted.
-
-    A cell index on a uniform grid over [lo, hi] looks up a guess, which is
-    then corrected one step at a time until mids[label-1] < x <= mids[label]
-    holds everywhere (usually after one pass), so the result is exact.
-    """
-    k = len(mids) + 1
-    cells = _LUT_CELLS
+    if n <= 64 or k <= 8:
+        # Few midpoints: a binary search stays in cache and beats the table.
+        out[:] = _searchsorted_rows(mids, xn, right=False)
+        return
+    cells = int(min(_LUT_CELLS, max(1024, 16 * k, n // 16)))
     span = hi - lo
-    inv = cells / span if span > 0 else 0.0
-    centers = lo + (np.arange(cells) + 0.5) / inv if inv > 0 else np.full(cells, lo)
-    itype = np.int16 if k <= np.iinfo(np.int16).max else np.int32
-    table = np.searchsorted(mids, centers.astype(mids.dtype), side="left").astype(itype)
-    t = x - x.dtype.type(lo)
-    t *= x.dtype.type(inv)
+    inv = np.where(span > 0, cells / np.where(span > 0, span, 1.0), 0.0)
+    step = 1.0 / np.where(inv > 0, inv, 1.0)
+    centers = lo[:, None] + (np.arange(cells) + 0.5)[None, :] * step[:, None]
+    roff = (np.arange(B) * k).astype(np.int32)[:, None]
+    # Labels are kept as flat indices r*k + label, so every look-up below is
+    # a single gather.
+    table = _searchsorted_rows(mids, centers.astype(mids.dtype), right=False).astype(np.int32)
+    table += roff
+    up = np.concatenate([mids, np.full((B, 1), np.inf, mids.dtype)], axis=1).ravel()
+    down = np.concatenate([np.full((B, 1), -np.inf, mids.dtype), mids], axis=1).ravel()
+    t = xn - lo.astype(xn.dtype)[:, None]
+    t *= inv.astype(xn.dtype)[:, None]
     cell = t.astype(np.int32)
     del t
     np.clip(cell, 0, cells - 1, out=cell)
-    lab = table[cell]
+    cell += (np.arange(B, dtype=np.int32) * cells)[:, None]
+    lab = table.ravel()[cell]
     del cell
-    up = np.concatenate([mids, np.array([np.inf], dtype=mids.dtype)])
-    down = np.concatenate([np.array([-np.inf], dtype=mids.dtype), mids])
     for _ in range(4):
-        inc = x > up[lab]
-        dec = x <= down[lab]
+        inc = xn > up[lab]
+        dec = xn <= down[lab]
         if not (inc.any() or dec.any()):
-            return lab.astype(np.int64)
+            break
         lab += inc
         lab -= dec
-    # Pathological spacing (many midpoints inside one cell): finish exactly.
-    return np.searchsorted(mids, x, side="left")
+    else:
+        bad = np.flatnonzero((xn > up[lab]).any(axis=1) | (xn <= down[lab]).any(axis=1))
+        if bad.size:
+            lab[bad] = _searchsorted_rows(mids[bad], xn[bad], right=False) + roff[bad]
+    lab -= roff
+    out[:] = lab
 
 
 # --------------------------------------------------------------------------- #
@@ -1099,6 +1198,8 @@ def kmeans1d(
     if sample_weight is not None:
         wt = sample_weight.detach().to("cpu", torch.float64)
         wn = np.ascontiguousarray(wt.reshape(xn.shape).numpy())
+        if not np.isfinite(xn).all():
+            raise ValueError("x must be finite: it contains NaN or Inf")
         pos = wn[wn > 0]
         unit = pos.size == 0 or bool(pos.min() == pos.max())
     B, n = xn.shape
@@ -1108,13 +1209,19 @@ def kmeans1d(
     blocks = []
     for i in range(0, B, step):
         s, ws, nv = _sort_rows(xn[i : i + step], None if wn is None else wn[i : i + step], unit)
+        if wn is None and not (np.isfinite(s[:, 0]).all() and np.isfinite(s[:, -1]).all()):
+            # Sorted, -inf comes first and +inf and NaN last: checking the
+            # ends is a check of every entry.
+            raise ValueError("x must be finite: it contains NaN or Inf")
         blocks.append((s, ws, nv, _distinct_counts(s, nv)))
     dmax = max(int(b[3].max()) for b in blocks)
     k_eff = max(1, min(k, dmax))
 
     cents_out = np.zeros((B, k_eff), dtype=np.float64)
-    labels = np.zeros((B, n), dtype=np.int64)
-    grid_size = _OPTIMAL_GRID_1D if one_d else max(_OPTIMAL_GRID_2D, _GRID_PER_CLUSTER * k_eff)
+    labels = np.empty((B, n), dtype=np.int64)
+    grid_size = int(
+        np.clip(max(_GRID_PER_CLUSTER * k_eff, n // _GRID_VALUES_PER_CUT), _GRID_MIN, _GRID_MAX)
+    )
     for bi, (s, ws, nv, d) in enumerate(blocks):
         i0 = bi * step
         rows = _Rows(s, ws, nv)
@@ -1138,10 +1245,16 @@ def kmeans1d(
             cents[todo] = _finalize(sub, c, part, ok, dtype)
         if direct.any():
             cents[direct] = _cast(cents[direct], dtype)
-        lab = _labels(xn[i0 : i0 + rows.B], cents, rows.lo, rows.hi)
-        lab[nv == 0] = 0
-        cents_out[i0 : i0 + rows.B] = cents
-        labels[i0 : i0 + rows.B] = lab
+        sl = slice(i0, i0 + rows.B)
+        _labels(xn[sl], cents, rows.lo, rows.hi, labels[sl])
+        padded = np.flatnonzero((d < k_eff) & (nv > 0))
+        if padded.size:
+            # Entries above a padded row's largest value tie between its
+            # copies of that value: the first copy (lower index) wins.
+            lab = labels[sl]
+            lab[padded] = np.minimum(lab[padded], (d[padded] - 1)[:, None])
+        labels[sl][nv == 0] = 0
+        cents_out[sl] = cents
 
     c_t = torch.from_numpy(cents_out).to(dtype)
     l_t = torch.from_numpy(labels)

@@ -1,0 +1,535 @@
+"""Tests of torchprune_share.kmeans: 1-D k-means (lloyd, optimal, sklearn)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from torchprune_share.kmeans import kmeans1d, sse
+
+INITS = ["linear", "density", "random", "kmeans++"]
+METHODS = ["lloyd", "optimal", "sklearn"]
+
+
+# --------------------------------------------------------------------------- #
+# Reference implementations
+# --------------------------------------------------------------------------- #
+
+
+def brute_force_optimum(x: np.ndarray, k: int, w: np.ndarray | None = None) -> float:
+    """Minimum weighted SSE over all partitions of the distinct values into k runs."""
+    w = np.ones_like(x, dtype=np.float64) if w is None else w.astype(np.float64)
+    keep = w > 0
+    x, w = x[keep].astype(np.float64), w[keep]
+    vals = np.unique(x)
+    wv = np.array([w[x == v].sum() for v in vals])
+    k = min(k, len(vals))
+    best = np.inf
+    for cuts in itertools.combinations(range(1, len(vals)), k - 1):
+        b = (0, *cuts, len(vals))
+        total = 0.0
+        for a, e in zip(b[:-1], b[1:]):
+            mu = np.average(vals[a:e], weights=wv[a:e])
+            total += float((wv[a:e] * (vals[a:e] - mu) ** 2).sum())
+        best = min(best, total)
+    return best
+
+
+def naive_lloyd(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Textbook Lloyd until the labels stop changing; None if a cluster empties."""
+    lab = None
+    for _ in range(10_000):
+        d = np.abs(x[:, None] - c[None, :])
+        new = d.argmin(axis=1)
+        if lab is not None and (new == lab).all():
+            return c, lab
+        lab = new
+        if len(np.unique(lab)) < len(c):
+            return None, None
+        c = np.array([x[lab == j].mean() for j in range(len(c))])
+    raise AssertionError("naive Lloyd did not converge")
+
+
+def check_contract(x: torch.Tensor, c: torch.Tensor, lab: torch.Tensor, w=None) -> None:
+    """Sorted centroids, nearest-centroid labels (ties low), no empty cluster."""
+    assert c.dtype == x.dtype
+    assert lab.dtype == torch.int64
+    assert lab.shape == x.shape
+    xs = x.reshape(-1, x.shape[-1]).double()
+    cs = c.reshape(-1, c.shape[-1]).double()
+    ls = lab.reshape(-1, x.shape[-1])
+    ws = None if w is None else w.reshape(-1, x.shape[-1])
+    assert torch.isfinite(cs).all()
+    for r in range(xs.shape[0]):
+        cr = cs[r]
+        assert (cr[1:] >= cr[:-1]).all(), cr
+        assert ((ls[r] >= 0) & (ls[r] < len(cr))).all()
+        d = (xs[r][:, None] - cr[None, :]).abs()
+        # Nearest centroid; on an exact tie the lower index.
+        ref = d.argmin(dim=1)
+        dl = d.gather(1, ls[r][:, None])[:, 0]
+        assert (dl <= d.min(dim=1).values).all()
+        assert (ls[r] == ref).all() or bool((dl == d[torch.arange(len(ref)), ref]).all())
+        weighted = torch.ones_like(ls[r], dtype=torch.bool) if ws is None else ws[r] > 0
+        if not weighted.any():
+            continue
+        xr = xs[r][weighted]
+        n_distinct = len(torch.unique(xr))
+        owned = torch.bincount(ls[r][weighted], minlength=len(cr))
+        k_row = min(len(cr), n_distinct)
+        # Every real centroid owns a weighted point; padding slots (copies of
+        # the row's largest value, rows with fewer distinct values) own none.
+        assert (owned[:k_row] > 0).all(), (owned, cr)
+        if k_row < len(cr):
+            assert (cr[k_row:] == xr.max()).all()
+
+
+# --------------------------------------------------------------------------- #
+# Correctness against brute force
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimal_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        n = int(rng.integers(1, 11))
+        k = int(rng.integers(1, 6))
+        x = np.round(rng.standard_normal(n), int(rng.integers(0, 3)))
+        w = rng.integers(0, 4, n).astype(np.float64) if seed % 2 else None
+        if w is not None and not (w > 0).any():
+            w[0] = 1.0
+        xt = torch.tensor(x, dtype=torch.float64)
+        wt = None if w is None else torch.tensor(w)
+        c, lab = kmeans1d(xt, k, method="optimal", sample_weight=wt)
+        check_contract(xt, c, lab, wt)
+        ref = brute_force_optimum(x, k, w)
+        got = sse(xt, c, lab, wt)
+        assert got == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("init", INITS)
+def test_every_method_and_init_is_valid_and_bounded(method, init):
+    rng = np.random.default_rng(hash((method, init)) % 2**32)
+    for _ in range(4):
+        n = int(rng.integers(2, 11))
+        k = int(rng.integers(1, 5))
+        x = torch.tensor(np.round(rng.standard_normal(n), 1), dtype=torch.float32)
+        g = torch.Generator().manual_seed(0)
+        c, lab = kmeans1d(x, k, init=init, method=method, generator=g)
+        check_contract(x, c, lab)
+        opt = brute_force_optimum(x.double().numpy(), k)
+        got = sse(x, c, lab)
+        assert got >= opt * (1 - 1e-6) - 1e-9
+        if method == "optimal":
+            assert got == pytest.approx(opt, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lloyd_equals_textbook_lloyd(seed):
+    # Without empty clusters, the sorted/prefix-sum Lloyd takes exactly the
+    # textbook steps (tol=0: run until the partition repeats).
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(300)
+    xt = torch.tensor(x)
+    for k in (2, 3, 5):
+        c0 = np.linspace(x.min(), x.max(), k)
+        ref_c, ref_lab = naive_lloyd(x, c0)
+        if ref_c is None:
+            continue
+        c, lab = kmeans1d(xt, k, tol=0.0, max_iter=10_000)
+        np.testing.assert_allclose(c.numpy(), ref_c, rtol=1e-12, atol=1e-12)
+        assert (lab.numpy() == ref_lab).all()
+
+
+def test_lloyd_is_a_fixed_point():
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.laplace(size=5000))
+    c, lab = kmeans1d(x, 16, tol=0.0, max_iter=5000)
+    means = torch.stack([x[lab == j].mean() for j in range(16)])
+    torch.testing.assert_close(c, means, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# Special inputs
+# --------------------------------------------------------------------------- #
+
+
+def test_docstring_example():
+    x = torch.tensor([0.0, 0.1, 0.9, 1.0, 5.0])
+    c, lab = kmeans1d(x, 2, method="optimal")
+    torch.testing.assert_close(c, torch.tensor([0.5, 5.0]))
+    assert lab.tolist() == [0, 0, 0, 0, 1]
+    assert (
+        sse(torch.tensor([0.0, 1.0, 3.0]), torch.tensor([0.5, 3.0]), torch.tensor([0, 0, 1])) == 0.5
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_constant_input(method):
+    x = torch.full((7,), 2.5)
+    c, lab = kmeans1d(x, 4, method=method)
+    assert c.tolist() == [2.5]
+    assert lab.tolist() == [0] * 7
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fewer_distinct_values_than_k(method):
+    x = torch.tensor([3.0, 1.0, 3.0, 2.0, 1.0, 1.0, 0.1])
+    c, lab = kmeans1d(x, 10, method=method)
+    assert c.tolist() == sorted({float(v) for v in x.tolist()})
+    assert (c[lab] == x).all()
+
+
+def test_exact_distinct_values_are_bit_exact():
+    # Distinct values come back exactly, even tiny ones next to large ones.
+    x = torch.tensor([1e-30, 1e30, -7.25, 1e-30, 3.0], dtype=torch.float32)
+    c, lab = kmeans1d(x, 4)
+    assert c.tolist() == sorted({float(v) for v in x.tolist()})
+    assert (c[lab] == x).all()
+
+
+def test_ties_go_to_the_lower_centroid():
+    # 1.0 is exactly between the centroids 0 and 2.
+    x = torch.tensor([0.0, 0.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    w = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    c, lab = kmeans1d(x, 2, sample_weight=w)
+    assert c.tolist() == [0.0, 2.0]
+    assert lab.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_duplicate_values_never_split():
+    x = torch.tensor([0.0] * 5 + [1.0] * 5 + [1.5] + [10.0] * 3, dtype=torch.float64)
+    for method in METHODS:
+        c, lab = kmeans1d(x, 3, method=method)
+        for v in x.unique():
+            assert len(lab[x == v].unique()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["lloyd", "optimal"])
+def test_low_precision_dtypes_keep_every_cluster(dtype, method):
+    # Rounding centroids to a coarse dtype must not merge or empty clusters.
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal(4000) * 0.05).to(dtype)
+    c, lab = kmeans1d(x, 256, method=method)
+    assert c.dtype == dtype
+    check_contract(x, c, lab)
+
+
+def test_max_iter_one_still_valid():
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.laplace(size=20000), dtype=torch.float32)
+    for init in INITS:
+        c, lab = kmeans1d(x, 256, init=init, max_iter=1, generator=torch.Generator().manual_seed(1))
+        assert c.shape == (256,)
+        check_contract(x, c, lab)
+
+
+def test_labels_exact_with_outlier_lookup_fallback():
+    # One huge outlier squeezes every midpoint into one look-up cell.
+    rng = np.random.default_rng(0)
+    x = torch.tensor(np.concatenate([rng.standard_normal(200_000), [1e9]]), dtype=torch.float32)
+    c, lab = kmeans1d(x, 64)
+    mids = (c[1:].double() + c[:-1].double()) / 2
+    ref = torch.searchsorted(mids, x.double(), right=False)
+    assert torch.equal(lab, ref)
+    assert torch.bincount(lab, minlength=64).min() > 0
+
+
+def test_large_input_labels_match_searchsorted():
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.laplace(size=300_000), dtype=torch.float32)
+    for method in ("lloyd", "optimal"):
+        c, lab = kmeans1d(x, 256, method=method)
+        mids = (c[1:].double() + c[:-1].double()) / 2
+        assert torch.equal(lab, torch.searchsorted(mids, x.double(), right=False))
+        assert torch.bincount(lab, minlength=256).min() > 0
+
+
+# --------------------------------------------------------------------------- #
+# Validation
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"x": torch.tensor([1, 2, 3])}, TypeError, "floating"),
+        ({"x": [1.0, 2.0]}, TypeError, "torch.Tensor"),
+        ({"x": torch.zeros(2, 2, 2)}, ValueError, "1-D"),
+        ({"x": torch.zeros(0)}, ValueError, "empty"),
+        ({"x": torch.zeros(3, 0)}, ValueError, "empty"),
+        ({"x": torch.tensor([1.0, float("nan")])}, ValueError, "finite"),
+        ({"x": torch.tensor([[1.0, 2.0], [float("inf"), 0.0]])}, ValueError, "finite"),
+        ({"x": torch.tensor([-float("inf"), 0.0])}, ValueError, "finite"),
+        ({"k": 0}, ValueError, "k must be"),
+        ({"k": True}, TypeError, "k must be"),
+        ({"k": 2.0}, TypeError, "k must be"),
+        ({"init": "kmeans+"}, ValueError, "init"),
+        ({"method": "exact"}, ValueError, "method"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"max_iter": 1.5}, TypeError, "max_iter"),
+        ({"tol": -1.0}, ValueError, "tol"),
+        ({"sample_weight": torch.ones(2)}, ValueError, "shape"),
+        ({"sample_weight": torch.tensor([1.0, -1.0, 1.0])}, ValueError, ">= 0"),
+        ({"sample_weight": torch.tensor([1.0, float("nan"), 1.0])}, ValueError, "finite"),
+        ({"sample_weight": torch.zeros(3)}, ValueError, "zero everywhere"),
+        ({"generator": 3}, TypeError, "generator"),
+    ],
+)
+def test_validation(kwargs, exc, match):
+    args = {"x": torch.tensor([0.0, 1.0, 2.0]), "k": 2}
+    args.update(kwargs)
+    x, k = args.pop("x"), args.pop("k")
+    with pytest.raises(exc, match=match):
+        kmeans1d(x, k, **args)
+
+
+def test_nan_at_zero_weight_is_rejected():
+    x = torch.tensor([0.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        kmeans1d(x, 2, sample_weight=torch.tensor([1.0, 0.0, 1.0]))
+
+
+# --------------------------------------------------------------------------- #
+# Sample weights
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("init", ["linear", "density"])
+def test_zero_weight_entries_are_ignored(method, init):
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal(500), dtype=torch.float32)
+    mask = torch.tensor(rng.random(500) < 0.3)
+    # Pruned entries at extreme values would move min/max and the init.
+    x = torch.where(mask, torch.tensor(50.0), x)
+    w = (~mask).float()
+    c, lab = kmeans1d(x, 8, init=init, method=method, sample_weight=w)
+    c_ref, lab_ref = kmeans1d(x[~mask], 8, init=init, method=method)
+    torch.testing.assert_close(c, c_ref)
+    assert torch.equal(lab[~mask], lab_ref)
+    check_contract(x, c, lab, w)
+    assert (lab[mask] == len(c) - 1).all()  # 50.0 is nearest to the largest centroid
+
+
+def test_integer_weights_equal_repeated_values():
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal(60), 2)
+    w = rng.integers(1, 5, 60)
+    xt, wt = torch.tensor(x), torch.tensor(w, dtype=torch.float64)
+    rep = torch.tensor(np.repeat(x, w))
+    c1, l1 = kmeans1d(xt, 5, method="optimal", sample_weight=wt)
+    c2, l2 = kmeans1d(rep, 5, method="optimal")
+    torch.testing.assert_close(c1, c2, rtol=1e-9, atol=1e-12)
+    assert sse(xt, c1, l1, wt) == pytest.approx(sse(rep, c2, l2), rel=1e-9)
+    c3, _ = kmeans1d(xt, 5, sample_weight=wt, tol=0.0)
+    c4, _ = kmeans1d(rep, 5, tol=0.0)
+    torch.testing.assert_close(c3, c4, rtol=1e-9, atol=1e-12)
+
+
+def test_weights_weight_the_means():
+    x = torch.tensor([0.0, 1.0, 10.0], dtype=torch.float64)
+    w = torch.tensor([3.0, 1.0, 1.0], dtype=torch.float64)
+    c, lab = kmeans1d(x, 2, sample_weight=w)
+    assert c.tolist() == [0.25, 10.0]
+
+
+def test_equal_weights_change_nothing():
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal(1000))
+    c1, l1 = kmeans1d(x, 16)
+    c2, l2 = kmeans1d(x, 16, sample_weight=torch.full((1000,), 0.3, dtype=torch.float64))
+    torch.testing.assert_close(c1, c2)
+    assert torch.equal(l1, l2)
+
+
+# --------------------------------------------------------------------------- #
+# 2-D (batched) input
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("method", ["lloyd", "optimal", "sklearn"])
+@pytest.mark.parametrize("init", ["linear", "density"])
+def test_batched_equals_row_by_row(method, init):
+    rng = np.random.default_rng(1)
+    rows = 6 if method != "sklearn" else 3
+    x = torch.tensor(rng.laplace(size=(rows, 3000)), dtype=torch.float32)
+    w = torch.tensor(rng.random((rows, 3000)) > 0.4, dtype=torch.float32)
+    k = 64
+    c, lab = kmeans1d(x, k, init=init, method=method, sample_weight=w)
+    assert c.shape == (rows, k) and lab.shape == x.shape
+    for r in range(rows):
+        cr, lr = kmeans1d(x[r], k, init=init, method=method, sample_weight=w[r])
+        torch.testing.assert_close(c[r], cr, rtol=0, atol=0)
+        assert torch.equal(lab[r], lr)
+    check_contract(x, c, lab, w)
+
+
+def test_batched_rows_with_few_values_and_empty_rows():
+    x = torch.tensor(
+        [
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [7.0, 7.0, 7.0, 7.0, 7.0, 7.0],
+            [1.0, 2.0, 1.0, 2.0, 1.0, 9.0],
+            [3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        ]
+    )
+    w = torch.ones_like(x)
+    w[3] = 0.0
+    for method in METHODS:
+        c, lab = kmeans1d(x, 4, method=method, sample_weight=w)
+        assert c.shape == (4, 4)
+        assert c[1].tolist() == [7.0] * 4
+        assert c[2].tolist() == [1.0, 2.0, 9.0, 9.0]
+        assert c[3].tolist() == [0.0] * 4
+        assert lab[3].tolist() == [0] * 6
+        assert lab[2].tolist() == [0, 1, 0, 1, 0, 2]
+        check_contract(x[:3], c[:3], lab[:3])
+
+
+def test_batched_k_eff_is_the_largest_row_count():
+    x = torch.tensor([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]])
+    c, lab = kmeans1d(x, 8)
+    assert c.shape == (2, 3)
+    assert c[0].tolist() == [0.0, 1.0, 1.0]
+    assert lab[0].tolist() == [0, 0, 1]
+
+
+def test_batched_all_rows_zero_weight():
+    x = torch.randn(3, 5)
+    c, lab = kmeans1d(x, 4, sample_weight=torch.zeros(3, 5))
+    assert c.shape == (3, 1) and (c == 0).all() and (lab == 0).all()
+
+
+# --------------------------------------------------------------------------- #
+# Determinism, properties
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("init", ["random", "kmeans++"])
+def test_random_inits_are_deterministic_per_generator(init):
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal((3, 2000)), dtype=torch.float32)
+    runs = [
+        kmeans1d(x, 16, init=init, generator=torch.Generator().manual_seed(s), max_iter=2)
+        for s in (5, 5, 6)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_random_init_picks_distinct_weighted_values():
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0, 101.0])
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    for s in range(10):
+        c, _ = kmeans1d(
+            x,
+            4,
+            init="random",
+            max_iter=1,
+            sample_weight=w,
+            generator=torch.Generator().manual_seed(s),
+        )
+        assert c.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_deterministic_without_generator():
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.laplace(size=20000), dtype=torch.float32)
+    for method in ("lloyd", "optimal"):
+        a = kmeans1d(x, 256, method=method)
+        b = kmeans1d(x, 256, method=method)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=1, max_size=80),
+    k=st.integers(1, 12),
+    weighted=st.booleans(),
+    init=st.sampled_from(["linear", "density", "kmeans++"]),
+    data=st.data(),
+)
+def test_optimal_never_worse_than_lloyd(values, k, weighted, init, data):
+    x = torch.tensor(values, dtype=torch.float32)
+    w = None
+    if weighted:
+        ws = data.draw(
+            st.lists(
+                st.sampled_from([0.0, 0.5, 1.0, 3.0]), min_size=len(values), max_size=len(values)
+            )
+        )
+        if not any(ws):
+            ws[0] = 1.0
+        w = torch.tensor(ws)
+    g = torch.Generator().manual_seed(0)
+    c_l, l_l = kmeans1d(x, k, init=init, sample_weight=w, generator=g)
+    g = torch.Generator().manual_seed(0)
+    c_o, l_o = kmeans1d(x, k, init=init, method="optimal", sample_weight=w, generator=g)
+    check_contract(x, c_l, l_l, w)
+    check_contract(x, c_o, l_o, w)
+    e_l, e_o = sse(x, c_l, l_l, w), sse(x, c_o, l_o, w)
+    assert e_o <= e_l * (1 + 1e-6) + 1e-9
+    if len(values) <= 9:
+        ref = brute_force_optimum(x.double().numpy(), k, None if w is None else w.double().numpy())
+        assert e_o == pytest.approx(ref, rel=1e-4, abs=1e-6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 4),
+    n=st.integers(1, 200),
+    k=st.integers(1, 40),
+    decimals=st.integers(0, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_batched_contract_property(rows, n, k, decimals, seed):
+    rng = np.random.default_rng(seed)
+    x = torch.tensor(np.round(rng.standard_normal((rows, n)), decimals), dtype=torch.float32)
+    w = torch.tensor(rng.random((rows, n)) > 0.3, dtype=torch.float32)
+    for method in ("lloyd", "optimal"):
+        c, lab = kmeans1d(x, k, method=method, sample_weight=w)
+        check_contract(x, c, lab, w)
+        for r in range(rows):
+            if w[r].any():
+                cr, lr = kmeans1d(x[r], k, method=method, sample_weight=w[r])
+                assert torch.equal(c[r, : len(cr)], cr)
+                assert torch.equal(lab[r], lr)
+
+
+# --------------------------------------------------------------------------- #
+# sse helper, quality sanity
+# --------------------------------------------------------------------------- #
+
+
+def test_sse_helper_float64_and_2d():
+    x = torch.tensor([[0.0, 1.0], [2.0, 4.0]], dtype=torch.float32)
+    c = torch.tensor([[0.0, 1.0], [3.0, 5.0]], dtype=torch.float32)
+    lab = torch.tensor([[0, 0], [0, 0]])
+    assert sse(x, c, lab) == 1.0 + 1.0 + 1.0
+    assert sse(x, c, lab, torch.tensor([[1.0, 2.0], [0.0, 1.0]])) == 2.0 + 1.0
+    with pytest.raises(ValueError, match="centroids"):
+        sse(x, c[0], lab)
+
+
+def test_quality_at_8_bits():
+    # Deep Compression's setting: 8 bits on Laplace-like weights.
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.laplace(size=50_000) * 0.02, dtype=torch.float32)
+    c_l, l_l = kmeans1d(x, 256)
+    c_o, l_o = kmeans1d(x, 256, method="optimal")
+    c_s, l_s = kmeans1d(x, 256, method="sklearn")
+    e_l, e_o, e_s = sse(x, c_l, l_l), sse(x, c_o, l_o), sse(x, c_s, l_s)
+    assert e_o <= e_l
+    assert e_l <= 1.001 * e_s
+    for c, lab in ((c_l, l_l), (c_o, l_o), (c_s, l_s)):
+        assert c.shape == (256,)
+        assert torch.bincount(lab, minlength=256).min() > 0
