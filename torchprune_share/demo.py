@@ -208,7 +208,7 @@ def share_and_finetune(
     epochs: int,
     lr: float = 1e-3,
     method: str = "lloyd",
-    granularity: str = "per_tensor",
+    granularity: str | dict[str, str] = "per_tensor",
     progress: bool = True,
 ) -> tuple[float, float]:
     """Share each named tensor at its bits, then fine-tune (codebooks and the rest).
@@ -226,13 +226,17 @@ def share_and_finetune(
         epochs (int): fine-tuning epochs.
         lr (float): Adam's learning rate. Default: 1e-3.
         method (str): k-means method. Default: ``"lloyd"``.
-        granularity (str): ``"per_tensor"`` or ``"per_channel"``.
+        granularity (str or dict): ``"per_tensor"`` or ``"per_channel"``, for all tensors
+            or per tensor name (others per tensor).
         progress (bool): show a progress bar.
 
     Returns:
         ``(accuracy right after sharing, accuracy after fine-tuning)`` on ``test_loader``.
     """
-    quantizer = Quantizer(list(bits.items()), method=method, granularity=granularity)
+    per_name = granularity if isinstance(granularity, dict) else {}
+    default = granularity if isinstance(granularity, str) else "per_tensor"
+    options = [(n, b, {"granularity": per_name.get(n, default)}) for n, b in bits.items()]
+    quantizer = Quantizer(options, method=method)
     with torch.no_grad():
         quantizer.quantize(model)
     shared = evaluate(model, test_loader)[0]
