@@ -111,7 +111,15 @@ METHODS = ("lloyd", "optimal", "sklearn")
 
 
 class CompressedFileError(ValueError):
-    """A compressed model file is malformed, corrupt, or does not fit the model."""
+    """A compressed model file is malformed, corrupt, or does not fit the model.
+
+    Example:
+        >>> try:
+        ...     compression_report(b"not a model file")
+        ... except CompressedFileError as err:
+        ...     print(err)
+        file truncated: 16 bytes, the preamble alone is 20
+    """
 
 
 # -- writing ----------------------------------------------------------------------------
@@ -827,9 +835,19 @@ class CompressionReport:
     coding (the record's real bytes in the file); ``ratio`` is ``dense / PQH``. A raw
     tensor costs its bytes plus its name and shape in every column; a pruned-only tensor
     has ``P == PQ``. ``P`` and ``PQ`` are exactly the sizes the record would have in a
-    file written with ``huffman=False`` (at the same index bits), so ``PQH <= PQ``.
-    ``overhead`` is the preamble plus the record count: ``file_bytes == sum(PQH) +
-    overhead``.
+    file written with ``huffman=False`` (each at its best packed index width), so
+    ``PQH <= PQ``. ``overhead`` is the preamble plus the record count:
+    ``file_bytes == sum(PQH) + overhead``.
+
+    Example:
+        >>> from torchprune_share import level_prune, register_weight_sharing
+        >>> net = nn.Sequential(nn.Linear(64, 32))
+        >>> _ = register_weight_sharing(level_prune(net[0], amount=0.9), bits=3)
+        >>> report = compression_report(net)
+        >>> report.file_bytes == report.totals()["PQH"] + report.overhead
+        True
+        >>> print(report.to_table().splitlines()[0].split()[:4])
+        ['tensor', 'weights', 'density', 'bits']
     """
 
     rows: list[dict[str, Any]]
@@ -839,7 +857,16 @@ class CompressionReport:
     COLUMNS = COLUMNS
 
     def totals(self) -> dict[str, Any]:
-        """The totals row (density over all stored entries, ratio of the sums)."""
+        """The totals row (density over all stored entries, ratio of the sums).
+
+        Returns:
+            A dict with the keys of :attr:`COLUMNS`; ``tensor`` is ``"total"``.
+
+        Example:
+            >>> r = compression_report(nn.Sequential(nn.Linear(4, 4)))
+            >>> r.totals()["tensor"], r.totals()["weights"]
+            ('total', 20)
+        """
         weights = sum(r["weights"] for r in self.rows)
         kept = sum(r["weights"] * r["density"] for r in self.rows)
         out = dict(tensor="total", weights=weights, bits=None, index_bits=None)
@@ -864,7 +891,14 @@ class CompressionReport:
         return f"file: {self.file_bytes} bytes = {records} in records + {self.overhead} header"
 
     def to_table(self) -> str:
-        """A plain-text table with a totals row and the file size."""
+        """A plain-text table with a totals row and the file size.
+
+        Returns:
+            The table, one line per tensor, then totals and the file size.
+
+        Example:
+            >>> print(compression_report(nn.Sequential(nn.Linear(4, 4))).to_table())  # doctest: +SKIP
+        """
         body = self._cells()
         widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(TABLE_HEAD)]
 
@@ -878,7 +912,16 @@ class CompressionReport:
         return "\n".join([*lines, self._footer()])
 
     def to_csv(self, path: str | Path) -> None:
-        """Write the rows and the totals row as CSV (header: :attr:`COLUMNS`)."""
+        """Write the rows and the totals row as CSV (header: :attr:`COLUMNS`).
+
+        Args:
+            path (str or Path): the file to write.
+
+        Example:
+            >>> compression_report(nn.Sequential(nn.Linear(4, 4))).to_csv("/tmp/r.csv")
+            >>> open("/tmp/r.csv").readline().strip()
+            'tensor,weights,density,bits,index_bits,dense,P,PQ,PQH,ratio'
+        """
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
@@ -886,7 +929,18 @@ class CompressionReport:
                 writer.writerow(["" if r[c] is None else r[c] for c in COLUMNS])
 
     def to_markdown(self, path: str | Path | None = None) -> str:
-        """The table as GitHub Markdown; written to ``path`` when given."""
+        """The table as GitHub Markdown; written to ``path`` when given.
+
+        Args:
+            path (str or Path, optional): where to write it.
+
+        Returns:
+            The Markdown text.
+
+        Example:
+            >>> compression_report(nn.Sequential(nn.Linear(4, 4))).to_markdown()[:10]
+            '| tensor |'
+        """
         lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
         lines += ["| " + " | ".join(row) + " |" for row in self._cells()]
         text = "\n".join([*lines, "", self._footer()]) + "\n"

@@ -1,0 +1,44 @@
+"""Every docstring Example in the package runs and prints what it says."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+MODULES = [
+    "analysis",
+    "checkpoint",
+    "codec.bitpack",
+    "codec.huffman",
+    "data",
+    "fileformat",
+    "kmeans",
+    "models",
+    "parametrizations",
+    "policies",
+    "pruning",
+    "schedules",
+    "sharing",
+    "summary",
+    "training",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
+    torch.set_num_threads(1)
+    module = importlib.import_module(f"torchprune_share.{name}")
+    result = doctest.testmod(
+        module,
+        extraglobs={"nn": nn, "torch": torch, "np": np},
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        report=False,
+    )
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
+    assert result.attempted > 0 or name == "training"
