@@ -1,4 +1,4 @@
-"""Shared fixtures: a fixed seed and a snapshot of a module's complete state."""
+"""Shared fixtures: one torch thread, a fixed seed, and a snapshot of a module's complete state."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The models under test are small: two-thread OpenMP regions only add overhead, and on
+    # a busy 2-core machine they stall (a digits validation pass: 3 ms alone, 120 ms so).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

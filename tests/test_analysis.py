@@ -43,15 +43,6 @@ from torchprune_share.training import evaluate, train
 from .conftest import assert_same_state, module_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two-thread OpenMP regions stall on this shared 2-core machine; one thread is 10x faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     torch.manual_seed(0)

@@ -32,7 +32,6 @@ MODULES = [
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
-    torch.set_num_threads(1)
     module = importlib.import_module(f"torchprune_share.{name}")
     result = doctest.testmod(
         module,

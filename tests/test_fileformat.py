@@ -43,16 +43,6 @@ FAST = settings(deadline=None, max_examples=_SCALE or 100, suppress_health_check
 FUZZ = settings(deadline=None, max_examples=_SCALE or 250, suppress_health_check=list(HealthCheck))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on a shared machine: intra-op threads only contend (LeNet training is ~20x
-    # slower with two threads under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- helpers ----------------------------------------------------------------------------
 def _raw(t: torch.Tensor) -> bytes:
     t = t.detach().cpu().contiguous().reshape(-1)

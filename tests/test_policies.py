@@ -16,14 +16,6 @@ from torchprune_share.schedules import AGPSchedule, ConstantSchedule
 from torchprune_share.training import evaluate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def loaders():
     return make_loaders(load_digits(seed=0), batch_size=64, seed=0)

@@ -91,6 +91,34 @@ def _dense_bytes(model: nn.Module) -> int:
     return len(buf.getvalue())
 
 
+def _train_cosine(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    progress: bool,
+    desc: str,
+    after_step: Any = None,
+) -> nn.Module:
+    """:func:`train` with the learning rate decaying on a cosine over all its steps."""
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * len(loader)))
+
+    def step(t: int) -> None:
+        sched.step()
+        if after_step is not None:
+            after_step(t)
+
+    return train(
+        model,
+        loader,
+        epochs=epochs,
+        optimizer=optimizer,
+        after_step=step,
+        progress=progress,
+        desc=desc,
+    )
+
+
 def train_dense(
     model: nn.Module, train_loader: Any, *, epochs: int, lr: float, progress: bool = True
 ) -> nn.Module:
@@ -106,17 +134,7 @@ def train_dense(
     Returns:
         ``model``.
     """
-    opt = _sgd(model, lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(train_loader)))
-    return train(
-        model,
-        train_loader,
-        epochs=epochs,
-        optimizer=opt,
-        after_step=lambda _: sched.step(),
-        progress=progress,
-        desc="train dense",
-    )
+    return _train_cosine(model, train_loader, _sgd(model, lr), epochs, progress, "train dense")
 
 
 def prune_agp(
@@ -155,21 +173,14 @@ def prune_agp(
         model=model,
     )
     pruner.prune(model, step=0)
-    opt = _sgd(model, lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-
-    def after_step(t: int) -> None:
-        sched.step()
-        pruner.prune(model, step=t)
-
-    train(
+    _train_cosine(
         model,
         train_loader,
-        epochs=epochs,
-        optimizer=opt,
-        after_step=after_step,
-        progress=progress,
-        desc="prune (AGP)",
+        _sgd(model, lr),
+        epochs,
+        progress,
+        "prune (AGP)",
+        after_step=lambda t: pruner.prune(model, step=t),
     )
     pruner.prune(model, step=end)
     return pruner
@@ -241,16 +252,7 @@ def share_and_finetune(
         quantizer.quantize(model)
     shared = evaluate(model, test_loader)[0]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(train_loader)))
-    train(
-        model,
-        train_loader,
-        epochs=epochs,
-        optimizer=opt,
-        after_step=lambda _: sched.step(),
-        progress=progress,
-        desc="fine-tune codebooks",
-    )
+    _train_cosine(model, train_loader, opt, epochs, progress, "fine-tune codebooks")
     return shared, evaluate(model, test_loader)[0]
 
 
