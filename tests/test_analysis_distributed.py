@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchprune_share import level_prune
@@ -20,16 +16,12 @@ from torchprune_share.models import LeNet300100
 from torchprune_share.sensitivity import perform_sensitivity_analysis
 from torchprune_share.training import train
 
+from ._gloo import free_port, process_group, run_ranks
+
 SPARSITIES = [0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0]
 BITS = [1, 2, 4]
 WORLD = 2
 TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scans(model, loader, **kwargs) -> tuple[dict, dict]:
@@ -54,15 +46,7 @@ def _model_and_loader(path: str):
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
-    try:
+    with process_group(rank, WORLD, port, TIMEOUT_S):
         model, loader = _model_and_loader(os.path.join(tmp, "setup.pt"))
         before = {k: v.clone() for k, v in model.state_dict().items()}
         out = dict(zip(("dist", "evals"), _scans(model, loader)))
@@ -71,8 +55,6 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         out["restored"] = all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
         torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -92,18 +74,7 @@ def test_two_rank_scan_equals_single_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
 
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the 2-rank scan did not finish in {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
+    run_ranks(_worker, (free_port(), str(tmp_path)), WORLD, TIMEOUT_S)
 
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for r in results:

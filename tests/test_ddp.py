@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import socket
-import time
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+
+from ._gloo import free_port, process_group, run_ranks
 
 WORLD = 2
 STEPS = 3
@@ -42,15 +38,7 @@ def snapshot(net: nn.Sequential) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
-    try:
+    with process_group(rank, WORLD, port, TIMEOUT_S):
         net = build()
         before = snapshot(net)
         ddp = nn.parallel.DistributedDataParallel(net)  # find_unused_parameters=False
@@ -62,27 +50,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             F.mse_loss(ddp(x), y).backward()
             opt.step()
         torch.save({"before": before, "after": snapshot(net)}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_identical_codebooks_and_zero_pattern(tmp_path):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    ctx = mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):  # re-raises a worker's exception
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+    run_ranks(_worker, (free_port(), str(tmp_path)), WORLD, TIMEOUT_S)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     assert r0["after"].keys() == r1["after"].keys()
     for key in r0["after"]:
