@@ -34,6 +34,9 @@ def process_group(rank: int, world: int, port: int, timeout_s: float) -> Iterato
     )
     try:
         yield
+        # No rank may tear the group down while another still talks to it: gloo aborts
+        # the process ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

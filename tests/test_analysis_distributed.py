@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchprune_share import level_prune
@@ -54,7 +53,6 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             out["local"], out["local_evals"] = _scans(model, loader, distributed=False)
         out["restored"] = all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
         torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
-        dist.barrier()
 
 
 @pytest.mark.slow

@@ -50,6 +50,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             F.mse_loss(ddp(x), y).backward()
             opt.step()
         torch.save({"before": before, "after": snapshot(net)}, f"{out_dir}/rank{rank}.pt")
+        del ddp, opt  # DDP's reducer must go before its process group does
 
 
 @pytest.mark.slow
