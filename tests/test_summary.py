@@ -127,3 +127,11 @@ def test_outputs_table_csv_markdown(net, tmp_path):
     assert md_lines[4].startswith("| **total** |") and "estimate" in md_lines[-1]
     with pytest.raises(ValueError, match="index_bits"):
         compression_summary(net, index_bits=0)
+
+
+def test_star_means_the_default_weights_as_in_scans_and_policies():
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    names = [r.name for r in compression_summary(net, ["*"]).rows]
+    assert names == ["0.weight", "2.weight"]
+    names = [r.name for r in compression_summary(net, ["*", "0.bias"]).rows]
+    assert names == ["0.weight", "2.weight", "0.bias"]

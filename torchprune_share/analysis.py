@@ -848,7 +848,7 @@ class _Slot:
         self.written = False
 
 
-def _expand_default(model: nn.Module, names: list[str]) -> list[str]:
+def expand_default_names(model: nn.Module, names: list[str]) -> list[str]:
     """Replace ``"*"`` by the default tensors that are not named explicitly."""
     if "*" not in names:
         return names
@@ -949,7 +949,7 @@ def scan(
     if isinstance(param_names, str):
         raise TypeError("param_names must be a sequence of names, not a str")
     levels = kind.normalize(levels)
-    names = _expand_default(model, ["*"] if param_names is None else list(param_names))
+    names = expand_default_names(model, ["*"] if param_names is None else list(param_names))
     errors, targets, seen = [], [], {}
     for qualified in names:
         try:

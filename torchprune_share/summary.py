@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .analysis import named_tensors, resolve_tensor
+from .analysis import expand_default_names, named_tensors, resolve_tensor
 from .parametrizations import WeightSharing, get_reparametrization
 from .pruning import _torch_hook
 
@@ -326,7 +326,8 @@ def compression_summary(
     Args:
         model (nn.Module): the model (pruned and/or shared, or not).
         param_names (Sequence[str], optional): tensors by user-facing name (``"fc1.weight"``);
-            default every parameter (biases included), reparametrized ones by their own name.
+            default every parameter (biases included), reparametrized ones by their own name;
+            ``"*"`` stands for every weight of dim >= 2 (as in the scans and policies).
         index_bits (int, optional): bits of a relative index in the sparse formats; default
             the best in 1..16 per tensor (Han et al. used 8 for conv, 5 for fc).
         distinct (bool): count distinct values (a sort of each tensor). Default: True.
@@ -349,6 +350,7 @@ def compression_summary(
     if param_names is None:
         targets = named_tensors(model)
     else:
-        targets = [(q, *resolve_tensor(model, q)) for q in param_names]
+        names = expand_default_names(model, list(param_names))
+        targets = [(q, *resolve_tensor(model, q)) for q in names]
     rows = [_summarize(q, m, n, index_bits, distinct) for q, m, n in targets]
     return CompressionSummary(rows)
