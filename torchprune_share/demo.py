@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class DemoConfig:
     min_bits: int = 3
     method: str = "lloyd"
     granularity: str = "per_tensor"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _defaults(config: DemoConfig) -> tuple[int, int, int]:
