@@ -106,6 +106,8 @@ DTYPES: tuple[tuple[torch.dtype, str], ...] = (
 TORCH_DTYPES = tuple(t for t, _ in DTYPES)
 NUMPY_DTYPES = {t: np.dtype(n) for t, n in DTYPES}
 INDEX_DTYPES = tuple(t for t in TORCH_DTYPES if not t.is_floating_point and t != torch.bool)
+# Stored as their position in these tuples: a file's byte codes, so append only (kept
+# apart from kmeans.INITS / METHODS on purpose).
 INITS = ("linear", "density", "random", "kmeans++")
 METHODS = ("lloyd", "optimal", "sklearn")
 

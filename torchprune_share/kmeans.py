@@ -41,8 +41,8 @@ __all__ = ["kmeans1d", "sse"]
 
 logger = logging.getLogger(__name__)
 
-_INITS = ("linear", "density", "random", "kmeans++")
-_METHODS = ("lloyd", "optimal", "sklearn")
+INITS = ("linear", "density", "random", "kmeans++")
+METHODS = ("lloyd", "optimal", "sklearn")
 
 # method="optimal": the dynamic programme runs over at most m cut candidates
 # per row, m = clip(max(8 k, n / 64), 256, 4096) for rows of length n. A row
@@ -109,10 +109,10 @@ def _validate(
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
     _check_int("k", k, 1)
     _check_int("max_iter", max_iter, 1)
-    if init not in _INITS:
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0.0):
         raise ValueError(f"tol must be a float >= 0, got {tol!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .kmeans import INITS, METHODS
 from .parametrizations import (
     GRANULARITIES,
     PruningMask,
@@ -19,9 +20,6 @@ from .parametrizations import (
 from .pruning import adopt_torch_pruning, compressible_state
 
 __all__ = ["recluster", "register_weight_sharing"]
-
-INITS = ("linear", "density", "random", "kmeans++")
-METHODS = ("lloyd", "optimal", "sklearn")
 
 
 def _validate_sharing_args(
