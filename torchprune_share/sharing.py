@@ -11,7 +11,6 @@ from torch.nn.utils import parametrize
 from .kmeans import INITS, METHODS
 from .parametrizations import (
     GRANULARITIES,
-    PruningMask,
     WeightSharing,
     _register,
     cluster,
@@ -114,43 +113,17 @@ def register_weight_sharing(
             f"name={name!r} is already shared ({reparam.bits} bits); call "
             "torchprune_share.recluster(module, name, bits=...) to cluster it again"
         )
-    value, keep = compressible_state(module, name)
-    _check_channel_axis(granularity, channel_axis, value.dim())
-    codebook, index = cluster(
-        value,
-        keep,
-        bits=int(bits),
-        granularity=granularity,
-        channel_axis=channel_axis,
+    return _share(
+        module,
+        name,
+        int(bits),
         init=init,
         method=method,
-        generator=generator,
-    )
-    # Everything that can fail has run; from here the module changes.
-    requires_grad = True
-    if isinstance(reparam, PruningMask):
-        requires_grad = module.parametrizations[name].original.requires_grad
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    else:
-        adopt_torch_pruning(module, name)
-        requires_grad = getattr(module, name).requires_grad
-    sharing = WeightSharing(
-        index.to(value.device),
-        codebook.to(value.device),
-        bits=int(bits),
         granularity=granularity,
         channel_axis=int(channel_axis),
-        init=init,
-        method=method,
         cache_index=cache_index,
+        generator=generator,
     )
-    _register(module, name, sharing, unsafe=True)
-    codebook_param = module.parametrizations[name].original
-    codebook_param.requires_grad_(requires_grad)
-    # The Parameter object is kept (set_ to the codebook); a gradient of the old shape
-    # would break the next backward.
-    codebook_param.grad = None
-    return module
 
 
 def recluster(
@@ -202,29 +175,54 @@ def recluster(
         settings["granularity"],
         settings["channel_axis"],
     )
+    return _share(module, name, int(bits), **settings)  # type: ignore[arg-type]
+
+
+def _share(
+    module: nn.Module,
+    name: str,
+    bits: int,
+    *,
+    init: str,
+    method: str,
+    granularity: str,
+    channel_axis: int,
+    cache_index: bool,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Cluster ``module.<name>`` and make a :class:`WeightSharing` its one reparametrization.
+
+    Whatever carries the tensor now (nothing, torch's pruning hook, a :class:`PruningMask`
+    or a :class:`WeightSharing`) is replaced, keeping its zero pattern; the arguments are
+    already validated.
+    """
     value, keep = compressible_state(module, name)
-    _check_channel_axis(settings["granularity"], settings["channel_axis"], value.dim())
-    requires_grad = module.parametrizations[name].original.requires_grad
+    _check_channel_axis(granularity, channel_axis, value.dim())
     codebook, index = cluster(
         value,
         keep,
-        bits=int(bits),
-        granularity=settings["granularity"],
-        channel_axis=settings["channel_axis"],
-        init=settings["init"],
-        method=settings["method"],
-        generator=settings.get("generator"),
+        bits=bits,
+        granularity=granularity,
+        channel_axis=channel_axis,
+        init=init,
+        method=method,
+        generator=generator,
     )
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    # Everything that can fail has run; from here the module changes.
+    if get_reparametrization(module, name) is not None:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    else:
+        adopt_torch_pruning(module, name)
+    requires_grad = getattr(module, name).requires_grad
     sharing = WeightSharing(
-        index,
-        codebook,
-        bits=int(bits),
-        granularity=settings["granularity"],
-        channel_axis=int(settings["channel_axis"]),
-        init=settings["init"],
-        method=settings["method"],
-        cache_index=settings["cache_index"],
+        index.to(value.device),
+        codebook.to(value.device),
+        bits=bits,
+        granularity=granularity,
+        channel_axis=channel_axis,
+        init=init,
+        method=method,
+        cache_index=cache_index,
     )
     _register(module, name, sharing, unsafe=True)
     codebook_param = module.parametrizations[name].original
