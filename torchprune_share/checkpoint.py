@@ -27,7 +27,13 @@ from .parametrizations import (
 )
 from .pruning import _torch_hook
 
-__all__ = ["CheckpointError", "bake", "compressed_tensors", "load_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "bake",
+    "compressed_tensors",
+    "load_state_dict",
+    "torch_pruned_tensors",
+]
 
 _REPARAM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$")
 _HOOK_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)_(?P<kind>orig|mask)$")
@@ -76,6 +82,34 @@ def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.M
     return found
 
 
+def torch_pruned_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """List every tensor of ``model`` pruned by a ``torch.nn.utils.prune`` forward pre-hook.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        ``(qualified_name, module, name)`` tuples in module order.
+
+    Example:
+        >>> from torch.nn.utils import prune
+        >>> net = nn.Sequential(nn.Linear(4, 4))
+        >>> _ = prune.l1_unstructured(net[0], "weight", amount=0.5)
+        >>> [q for q, *_ in torch_pruned_tensors(net)]
+        ['0.weight']
+    """
+    return [
+        (
+            f"{mod_name}.{hook._tensor_name}" if mod_name else hook._tensor_name,
+            module,
+            hook._tensor_name,
+        )
+        for mod_name, module in model.named_modules()
+        for hook in list(module._forward_pre_hooks.values())
+        if isinstance(hook, prune.BasePruningMethod)
+    ]
+
+
 def bake(model: nn.Module) -> nn.Module:
     r"""Replace every compressed tensor of ``model`` by a plain ``nn.Parameter`` of its value.
 
@@ -102,11 +136,9 @@ def bake(model: nn.Module) -> nn.Module:
     for _, module, name, _ in compressed_tensors(model):
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
         getattr(module, name).grad = None
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
-                getattr(module, hook._tensor_name).grad = None
+    for _, module, name in torch_pruned_tensors(model):
+        prune.remove(module, name)
+        getattr(module, name).grad = None
     return model
 
 
@@ -275,12 +307,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
 
     # Keys the model will have once the checkpoint's reparametrizations exist.
     current = model.state_dict()
-    now = {q for q, *_ in compressed_tensors(model)} | {
-        f"{mod_name}.{hook._tensor_name}" if mod_name else hook._tensor_name
-        for mod_name, module in model.named_modules()
-        for hook in module._forward_pre_hooks.values()
-        if isinstance(hook, prune.BasePruningMethod)
-    }
+    now = {q for q, *_ in compressed_tensors(model)} | {q for q, *_ in torch_pruned_tensors(model)}
     plain = {k: t for k, t in current.items() if _owner(k) not in now and k not in entries}
     expected_keys = set(plain) | (now - set(entries))
     for e in entries.values():

@@ -66,10 +66,15 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import parametrize
 
 from . import codec
-from .checkpoint import CheckpointError, compressed_tensors, load_state_dict
+from .checkpoint import (
+    CheckpointError,
+    compressed_tensors,
+    load_state_dict,
+    torch_pruned_tensors,
+)
 from .checkpoint import bake as bake_model
 from .parametrizations import GRANULARITIES, PruningMask, WeightSharing
 
@@ -249,14 +254,12 @@ def _encode_shared(
 
 def _check_savable(model: nn.Module) -> None:
     """Refuse what a file could store but :func:`load_compressed` could not restore."""
+    for q, *_ in torch_pruned_tensors(model):
+        raise ValueError(
+            f"tensor {q!r} is pruned by a torch.nn.utils.prune hook; adopt it with "
+            "torchprune_share.level_prune(module, name, amount=0) before saving"
+        )
     for prefix, module in model.named_modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, prune.BasePruningMethod):
-                q = f"{prefix}.{hook._tensor_name}" if prefix else hook._tensor_name
-                raise ValueError(
-                    f"tensor {q!r} is pruned by a torch.nn.utils.prune hook; adopt it with "
-                    "torchprune_share.level_prune(module, name, amount=0) before saving"
-                )
         if parametrize.is_parametrized(module):
             for name, plist in module.parametrizations.items():
                 if len(plist) != 1 or not isinstance(plist[0], (PruningMask, WeightSharing)):
@@ -652,11 +655,8 @@ def _owners(model: nn.Module) -> dict[str, str]:
         m = _REPARAM_KEY.match(key)
         if m and m[0] in bases:
             owner[key] = bases[m[0]]
-    for prefix, module in model.named_modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, prune.BasePruningMethod):
-                q = f"{prefix}.{hook._tensor_name}" if prefix else hook._tensor_name
-                owner[q + "_orig"] = owner[q + "_mask"] = q
+    for q, *_ in torch_pruned_tensors(model):
+        owner[q + "_orig"] = owner[q + "_mask"] = q
     return owner
 
 
