@@ -1,4 +1,10 @@
-"""Minimal training and evaluation loops (the seed's ``validate_func`` convention)."""
+"""Minimal training and evaluation loops.
+
+:func:`evaluate` follows the dnn-compression-style ``validate_func(model, val_loader,
+criterion) -> (accuracy, loss)`` convention that the sensitivity analyses take (and is
+their default); :func:`train` is a plain loop with a per-step hook for pruning schedules.
+Neither knows any data set or model (the demo's are in :mod:`torchprune_share.demo`).
+"""
 
 from __future__ import annotations
 
@@ -35,11 +41,13 @@ def evaluate(
         ``(accuracy, loss)``, accuracy in percent.
 
     Example:
-        >>> from torchprune_share.data import load_digits, make_loaders
-        >>> from torchprune_share.models import LeNet300100
-        >>> acc, loss = evaluate(LeNet300100(8), make_loaders(load_digits())[1])
-        >>> 0 <= acc <= 100
-        True
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1])
+        >>> acc, loss = evaluate(model, [(x, y)])
+        >>> round(acc, 2), round(loss, 4)
+        (66.67, 0.6466)
     """
     criterion = criterion or nn.CrossEntropyLoss()
     was_training = model.training
@@ -91,9 +99,14 @@ def train(
         ``model``.
 
     Example:
-        >>> from torchprune_share.data import load_digits, make_loaders
-        >>> from torchprune_share.models import LeNet300100
-        >>> m = train(LeNet300100(8), make_loaders(load_digits())[0], progress=False)
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 2)
+        >>> batches = [(x, (x[:, 0] > x[:, 1]).long())]
+        >>> model = nn.Linear(2, 2)
+        >>> before = evaluate(model, batches)[1]
+        >>> _ = train(model, batches, epochs=50, lr=0.1, progress=False)
+        >>> evaluate(model, batches)[1] < before / 2
+        True
     """
     criterion = criterion or nn.CrossEntropyLoss()
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
