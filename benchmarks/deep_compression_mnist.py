@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from torchprune_share.data import Splits, load_mnist, make_loaders
 from torchprune_share.demo import prune_agp, save_and_reload, share_and_finetune, train_dense
-from torchprune_share.models import build_model
+from torchprune_share.demo.data import Splits, load_mnist, make_loaders
+from torchprune_share.demo.models import build_model
 from torchprune_share.training import evaluate
 
 # The paper's Table 2 (LeNet-300-100) and Table 3 (LeNet-5): density after pruning, bits.

@@ -13,8 +13,8 @@ import torch
 
 from torchprune_share import load_compressed
 from torchprune_share.cli import main
-from torchprune_share.data import load_digits
-from torchprune_share.models import LeNet300100
+from torchprune_share.demo.data import load_digits
+from torchprune_share.demo.models import LeNet300100
 from torchprune_share.training import evaluate
 
 OUTPUTS = [

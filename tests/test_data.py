@@ -10,7 +10,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from torchprune_share.data import MNIST_FILES, BatchLoader, load_digits, load_mnist, make_loaders
+from torchprune_share.demo.data import (
+    MNIST_FILES,
+    BatchLoader,
+    load_digits,
+    load_mnist,
+    make_loaders,
+)
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
