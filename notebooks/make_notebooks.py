@@ -70,8 +70,8 @@ SENSITIVITY = [
         """
         from torch import nn
 
-        from torchprune_share.data import load_digits, make_loaders
-        from torchprune_share.models import LeNet5
+        from torchprune_share.demo.data import load_digits, make_loaders
+        from torchprune_share.demo.models import LeNet5
         from torchprune_share.training import evaluate, train
 
         splits = load_digits(seed=0)
@@ -220,7 +220,7 @@ PRUNING = [
         parametrizations (`weight = original * mask`, in `torch.nn.utils.parametrize`), so
         pruned weights are zero in every forward pass, whatever the optimizer does to
         `original`. This notebook prunes LeNet-300-100 on the digits data three ways: at
-        once and re-trained (the seed project's loop), gradually on an AGP schedule, and
+        once and re-trained (the dnn-compression-style loop), gradually on an AGP schedule, and
         through `torch.nn.utils.prune`.
         """
     ),
@@ -240,8 +240,8 @@ PRUNING = [
 
         from torch import nn
 
-        from torchprune_share.data import load_digits, make_loaders
-        from torchprune_share.models import LeNet300100
+        from torchprune_share.demo.data import load_digits, make_loaders
+        from torchprune_share.demo.models import LeNet300100
         from torchprune_share.training import evaluate, train
 
         splits = load_digits(seed=0)
@@ -281,7 +281,7 @@ PRUNING = [
     ),
     md(
         """
-        Re-training is the seed project's loop: an optimizer step, then
+        Re-training is the dnn-compression-style loop: an optimizer step, then
         `pruner.prune(model=model, update_masks=False)`. With masks in the forward pass
         that call has nothing left to do (the targets are constant, so it returns at once);
         it matters with a schedule (below), and `update_masks=True` would recompute the
@@ -494,8 +494,8 @@ SHARING = [
         from torch import nn
 
         from torchprune_share import LevelPruner
-        from torchprune_share.data import load_digits, make_loaders
-        from torchprune_share.models import LeNet300100
+        from torchprune_share.demo.data import load_digits, make_loaders
+        from torchprune_share.demo.models import LeNet300100
         from torchprune_share.training import evaluate, train
 
         splits = load_digits(seed=0)
@@ -627,7 +627,7 @@ SHARING = [
         Calling `quantize` on a shared model re-clusters it: k-means runs again on the
         current weight values and the codebook is replaced; the pruned entries stay
         pruned. At the same widths this changes nothing here, since every weight already
-        holds exactly one of its layer's centroids. Its use is the seed's "re-train and
+        holds exactly one of its layer's centroids. Its use is the dnn-compression-style "re-train and
         re-quantize" loop at *fewer* bits: the bits scan said two bits per weight might
         do, so re-cluster to 2 / 2 / 3 bits and fine-tune the new codebooks again (with a
         new optimizer, as the codebooks are new parameters).
