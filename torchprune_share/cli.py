@@ -1,4 +1,8 @@
-"""The ``torchprune-share`` command line."""
+"""The ``torchprune-share`` command line: ``demo`` (the demo application) and ``report``.
+
+The demo is imported only when ``demo`` runs, so that ``report`` and ``--help`` load the
+library alone.
+"""
 
 from __future__ import annotations
 
@@ -61,14 +65,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Args:
+        argv (sequence of str, optional): the arguments after the program name.
+
+    Returns:
+        0 on success, 2 for a missing or unreadable file (the message goes to stderr).
+
+    Example:
+        >>> from torchprune_share import level_prune, save_compressed
+        >>> _ = save_compressed(level_prune(nn.Linear(20, 10), "weight", 0.5), "m.tpsc")
+        >>> main(["report", "m.tpsc"])  # doctest: +ELLIPSIS
+        tensor ... total ...
+        0
+        >>> main(["report", "missing.tpsc"])
+        2
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.command != "demo" or args.quiet else logging.INFO,
         format="%(message)s",
     )
     if args.command == "demo":
-        from .demo import DemoConfig, run_demo
+        from .demo import DemoConfig, run_demo  # the demo stays out of `report`
 
         config = DemoConfig(
             model=args.model,
