@@ -109,8 +109,6 @@ def _load(config: DemoConfig) -> Splits:
     return load_digits(seed=config.seed)
 
 
-
-
 def _dense_bytes(model: nn.Module) -> int:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
