@@ -19,6 +19,40 @@ Public API:
 * :data:`INITS` and :data:`METHODS` list the accepted ``init`` and
   ``method`` names.
 
+Methods:
+
+* ``"lloyd"``: Lloyd's algorithm on the sorted data, O(k log n) per
+  iteration via prefix sums. It stops when the partition no longer changes
+  (and no move below applies), when no centroid moves by more than ``tol``
+  times the data range, or after ``max_iter`` iterations. Empty clusters
+  are re-seeded each iteration by *splitting*: a row with e empty clusters
+  splits the e clusters whose split into two lowers the SSE most
+  (iterations past ``max_iter`` run only while a cluster is still empty, at
+  most ``2 k`` more). Every 10 iterations and at convergence it also tries
+  *merge-and-split* moves: merge t disjoint adjacent pairs of least merge
+  cost and split the t clusters of largest split gain, for the largest t
+  where each gain exceeds its cost (so the SSE strictly drops). Plain Lloyd
+  from a linear init leaves many clusters starved in the tails at 8 bits
+  (1.5-2.2x the optimal SSE); with these moves it ends within a few percent.
+  Every step lowers the weighted SSE or leaves it unchanged.
+* ``"optimal"``: globally optimal 1-D k-means by dynamic programming over
+  cut positions of the sorted data (divide and conquer on the monotone
+  argmin, O(k m log m) for m cut candidates), costs computed exactly from
+  prefix sums. A row with at most m distinct weighted values gets the exact
+  minimum of the weighted SSE (up to float64 rounding). A row with more
+  gets the exact optimum over partitions whose cuts lie on a grid of m
+  candidates (half equal-weight quantiles, half equally spaced values),
+  refined by Lloyd on the real data. ``m = clip(max(8 k, n // 64), 256,
+  4096)`` for rows of length n, independent of the batch. The result is at
+  least as good as ``"lloyd"`` with the same ``init`` (both run; the better
+  is kept). Against an exact O(k n) solver (``benchmarks/kmeans.py``) the
+  SSE was at most 0.3 % above the optimum (worst: 1e5 values, 8 bits;
+  0.03 % at 1e6 values, 8 bits; 0.14 % on rows of 9216 values, k = 32), and
+  exact at 2 to 5 bits to 1e-5.
+* ``"sklearn"``: ``sklearn.cluster.KMeans(n_clusters=k_eff, init=<our
+  init>, n_init=1, max_iter=max_iter, tol=tol)`` per row (a Python loop;
+  for comparison).
+
 Modules (tensors come in and go out only in ``api``; the rest is numpy):
 
 * ``validation``: argument checks (TypeError / ValueError), INITS, METHODS;
@@ -42,7 +76,7 @@ Example:
     >>> c, labels
     (tensor([0.1000, 1.1000]), tensor([0, 0, 1, 1]))
     >>> round(sse(x, c, labels), 6)
-    0.02
+    0.04
 """
 
 from __future__ import annotations

@@ -48,43 +48,22 @@ def kmeans1d(
     sample_weight: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster scalars into at most ``k`` clusters (1-D k-means).
+    """Cluster scalars into at most ``k`` clusters (1-D k-means), optionally weighted.
 
     A 1-D ``x`` of shape ``(n,)`` is one problem; a 2-D ``x`` of shape
-    ``(B, n)`` is B independent problems (one per row, e.g. per-channel
-    codebooks), solved together; a row gives the same result as that row
-    clustered alone.
+    ``(B, n)`` is B independent problems (e.g. per-channel codebooks) solved
+    together, each row giving what it gives clustered alone. Weighted
+    k-means minimises ``sum(w * (x - c[label]) ** 2)``; entries of weight 0
+    take no part (not in the init, the range or the means: this keeps
+    pruned weights out of the codebook) but are labelled too.
 
-    Weighted k-means minimises ``sum(w * (x - c[label]) ** 2)``. Entries of
-    ``sample_weight`` 0 take no part (not in the init, the range or the
-    means: this keeps pruned weights out of the codebook) but still get the
-    label of their nearest centroid.
-
-    Number of clusters: ``k_eff = min(k, d)``, d the number of distinct
-    values among the weighted entries (2-D: the largest count over the rows,
-    at least 1). A problem with ``d <= k_eff`` gets exactly its distinct
-    values; in 2-D a row with ``d < k_eff`` has its d values first and the
-    other slots filled with its largest value (owning no point), and a row
-    whose weights are all zero gets zero centroids and labels. Otherwise
-    every centroid owns a weighted point: no empty cluster, no NaN.
-
-    Methods (details in the modules' docstrings):
-
-    * ``"lloyd"`` (:mod:`~torchprune_share.kmeans.lloyd`): Lloyd's algorithm
-      on the sorted data, O(k log n) per iteration, with empty clusters
-      re-seeded by splitting and merge-and-split moves that hand starved
-      clusters to where they lower the error most (within a few percent of
-      the optimum at 8 bits, where plain Lloyd ends at 1.5-2.2x).
-    * ``"optimal"`` (:mod:`~torchprune_share.kmeans.optimal`): dynamic
-      programming over cut positions with exact costs: the exact minimum of
-      the weighted SSE for a row with at most m distinct weighted values,
-      ``m = clip(max(8 k, n // 64), 256, 4096)``, else the optimum over
-      cuts on a grid of m candidates refined by Lloyd (measured at most
-      0.3 % above the optimum, ``benchmarks/kmeans.py``). Never worse than
-      ``"lloyd"`` with the same ``init``.
-    * ``"sklearn"``: ``sklearn.cluster.KMeans(n_clusters=k_eff, init=<our
-      init>, n_init=1, max_iter=max_iter, tol=tol)`` per row, for
-      comparison (``tol`` has scikit-learn's meaning there).
+    ``k_eff = min(k, d)`` clusters, d the number of distinct weighted values
+    (2-D: the largest count over the rows, at least 1). A problem with
+    ``d <= k_eff`` gets exactly its distinct values; in 2-D a row with
+    ``d < k_eff`` has its d values first and the other slots filled with
+    its largest value (owning no point), and a row of zero weights gets
+    zero centroids and labels. Otherwise every centroid owns a weighted
+    point: no empty cluster, no NaN.
 
     Args:
         x: floating tensor, ``(n,)`` or ``(B, n)``, finite everywhere (also
@@ -93,14 +72,19 @@ def kmeans1d(
         init: ``"linear"`` (evenly spaced between min and max, Deep
             Compression's default), ``"density"`` (evenly spaced levels of
             the weighted CDF), ``"random"`` (k distinct values drawn with
-            probability proportional to their weight) or ``"kmeans++"``.
-            The random inits draw from ``generator``.
-        method: ``"lloyd"``, ``"optimal"`` or ``"sklearn"``.
+            probability proportional to their weight) or ``"kmeans++"``;
+            the last two draw from ``generator``.
+        method: ``"lloyd"`` (Lloyd on the sorted data with split re-seeding
+            and merge-and-split moves), ``"optimal"`` (dynamic programme
+            with exact costs; never worse than ``"lloyd"``) or ``"sklearn"``
+            (scikit-learn's ``KMeans`` from the same init, for comparison).
+            See the :mod:`torchprune_share.kmeans` docstring.
         max_iter: most Lloyd iterations, an int >= 1.
         tol: Lloyd stops once no centroid moves by more than ``tol`` times
             the row's range (of the weighted values); a real number >= 0.
-        sample_weight: optional non-negative finite weights of x's shape,
-            e.g. Hessian-diagonal or Fisher importances; not all zero for
+            scikit-learn's meaning for ``"sklearn"``.
+        sample_weight: optional non-negative finite weights of x's shape
+            (e.g. Hessian-diagonal or Fisher importances); not all zero for
             1-D x.
         generator: ``torch.Generator`` for the random inits.
 
@@ -119,11 +103,8 @@ def kmeans1d(
 
     Example:
         >>> x = torch.tensor([0.0, 0.1, 0.9, 1.0, 5.0])
-        >>> c, labels = kmeans1d(x, 2, method="optimal")
-        >>> c
-        tensor([0.5000, 5.0000])
-        >>> labels
-        tensor([0, 0, 0, 0, 1])
+        >>> kmeans1d(x, 2, method="optimal")
+        (tensor([0.5000, 5.0000]), tensor([0, 0, 0, 0, 1]))
         >>> kmeans1d(x, 2, sample_weight=torch.tensor([1.0, 3.0, 0.0, 0.0, 1.0]))[0]
         tensor([0.0750, 5.0000])
     """
@@ -131,24 +112,41 @@ def kmeans1d(
     opts = _Options(init, method, int(max_iter), float(tol), generator, x.dtype)
     one_d = x.dim() == 1
     xn = _to_numpy(x.reshape(1, -1) if one_d else x)
-    wn, unit = _weights(sample_weight, xn)
-    B, n = xn.shape
-    step = B if one_d else max(1, _BLOCK_ELEMS // n)
-    blocks = [
-        _sort_block(xn[i : i + step], None if wn is None else wn[i : i + step], unit)
-        for i in range(0, B, step)
-    ]
-    k_eff = max(1, min(int(k), max(int(b[3].max()) for b in blocks)))
-    cents = np.zeros((B, k_eff), dtype=np.float64)
-    labels = np.empty((B, n), dtype=np.int64)
-    for i, block in zip(range(0, B, step), blocks, strict=True):
-        sl = slice(i, i + step)
-        cents[sl] = _cluster_block(xn[sl], block, k_eff, opts, labels[sl])
+    cents, labels = _cluster(xn, _weights(sample_weight, xn), int(k), opts, one_d)
     c_t = torch.from_numpy(cents).to(x.dtype)
     l_t = torch.from_numpy(labels)
     if one_d:
         c_t, l_t = c_t[0], l_t[0]
     return c_t.to(x.device), l_t.to(x.device)
+
+
+def _cluster(
+    xn: np.ndarray,
+    weights: tuple[np.ndarray | None, bool],
+    k: int,
+    opts: _Options,
+    one_d: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids (B, k_eff) float64 and labels (B, n) of the rows of ``xn``.
+
+    Pass 1 sorts every block of rows and counts distinct values, to find
+    k_eff; pass 2 clusters and labels block by block.
+    """
+    wn, unit = weights
+    B, n = xn.shape
+    step = B if one_d else max(1, _BLOCK_ELEMS // n)
+    starts = range(0, B, step)
+    blocks = [
+        _sort_block(xn[i : i + step], None if wn is None else wn[i : i + step], unit)
+        for i in starts
+    ]
+    k_eff = max(1, min(k, max(int(b[3].max()) for b in blocks)))
+    cents = np.zeros((B, k_eff), dtype=np.float64)
+    labels = np.empty((B, n), dtype=np.int64)
+    for i, block in zip(starts, blocks, strict=True):
+        sl = slice(i, i + step)
+        cents[sl] = _cluster_block(xn[sl], block, k_eff, opts, labels[sl])
+    return cents, labels
 
 
 def _to_numpy(x: torch.Tensor) -> np.ndarray:

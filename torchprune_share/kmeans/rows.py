@@ -305,8 +305,28 @@ def sort_rows(
         # Equal non-zero weights scale every mean the same way: the weights
         # only select entries, and a plain sort (not an argsort) suffices.
         return np.sort(xm, axis=1), None, nv
-    order = np.argsort(xm, axis=1, kind="stable")
-    return np.take_along_axis(xm, order, 1), np.take_along_axis(wn, order, 1), nv
+    order = _stable_argsort(xm)
+    return gather(xm, order), gather(wn, order), nv
+
+
+def _stable_argsort(xm: np.ndarray) -> np.ndarray:
+    """``np.argsort(xm, axis=1, kind="stable")``, about 2x faster for float32.
+
+    A stable order is unique: by value, equal values by position. For
+    float32 it is the plain sort of 64-bit keys (order-preserving bits of
+    the value, then the position), which numpy sorts much faster than it
+    argsorts floats. -0.0 and 0.0 compare equal, so both get the key of 0.0.
+    """
+    if xm.dtype != np.float32 or xm.shape[1] >= 1 << 32:
+        return np.argsort(xm, axis=1, kind="stable")
+    bits = (xm + np.float32(0.0)).view(np.uint32)
+    # Negative floats order by their flipped bits, the others by their bits
+    # with the sign bit set: unsigned order then equals float order.
+    bits = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
+    key = bits << np.uint64(32)
+    key |= np.arange(xm.shape[1], dtype=np.uint64)
+    key.sort(axis=1)
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def distinct_counts(s: np.ndarray, nv: np.ndarray) -> np.ndarray:
