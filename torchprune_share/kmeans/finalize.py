@@ -24,7 +24,12 @@ _LUT_CELLS = 1 << 16
 
 
 def cast_to(c: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-    """Round float64 centroids to the output dtype (and back to float64)."""
+    """Round float64 centroids to the output dtype (and back to float64).
+
+    Example:
+        >>> cast_to(np.array([0.1]), torch.float16)
+        array([0.09997559])
+    """
     return torch.from_numpy(c).to(dtype).to(torch.float64).numpy()
 
 
@@ -100,6 +105,13 @@ def nearest_labels(
     everywhere (usually after one pass), so the result is exact. Rows that
     would need many passes (many midpoints inside one cell) fall back to
     searchsorted.
+
+    Example:
+        >>> out = np.empty((1, 4), dtype=np.int64)
+        >>> xn = np.array([[-5.0, 0.5, 0.6, 9.0]])
+        >>> nearest_labels(xn, np.array([[0.0, 1.0]]), np.zeros(1), np.ones(1), out)
+        >>> out
+        array([[0, 0, 1, 1]])
     """
     B, k = cents.shape
     n = xn.shape[1]

@@ -25,7 +25,19 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator | None) -> np.ndarr
 def init_centroids(
     rows: SortedRows, k: int, init: str, generator: torch.Generator | None
 ) -> np.ndarray:
-    """Initial centroids (B, k) float64, ascending (duplicates possible)."""
+    """Initial centroids (B, k) float64, ascending (duplicates possible).
+
+    Args:
+        rows: the sorted rows.
+        k: number of centroids.
+        init: one of :data:`~torchprune_share.kmeans.INITS`.
+        generator: draws of ``"random"`` and ``"kmeans++"``.
+
+    Example:
+        >>> rows = SortedRows(np.array([[0.0, 1.0, 2.0, 10.0]]), None, np.array([4]))
+        >>> init_centroids(rows, 3, "linear", None), init_centroids(rows, 2, "density", None)
+        (array([[ 0.,  5., 10.]]), array([[ 1., 10.]]))
+    """
     if init == "linear":
         if k == 1:
             return (0.5 * (rows.lo + rows.hi))[:, None]

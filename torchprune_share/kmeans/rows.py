@@ -72,6 +72,19 @@ class SortedRows:
     their magnitude, and so the cancellation in ``Q - S**2 / W``, small.
     Unit weights (the common case: no weights, or 0/1 masks) keep no weight
     array; the weight of a run is then its length.
+
+    Args:
+        s: (B, L) rows sorted ascending over their first ``nv[r]`` entries.
+        w: (B, L) weights in the same order, or None for unit weights.
+        nv: (B,) number of weighted values per row.
+
+    Example:
+        >>> rows = SortedRows(np.array([[1.0, 2.0, 4.0]]), np.array([[1.0, 1.0, 2.0]]), np.array([3]))
+        >>> rows.total_w, rows.cuts(np.array([[1.5, 4.0]]))
+        (array([4.]), array([[0, 2, 3]]))
+        >>> W, S = segment_stats(rows, np.array([[0, 2, 3]]))
+        >>> W, rows.shift[:, None] + S / W
+        (array([[2., 2.]]), array([[1.5, 4. ]]))
     """
 
     def __init__(self, s: np.ndarray, w: np.ndarray | None, nv: np.ndarray) -> None:
