@@ -118,7 +118,10 @@ def _step(
         new[e], new_pos[e], new_ok[e] = _reseed(rows, act[e], pos[e], W[e], S[e], new[e], c[e])
     else:
         new = shift + S / W
-    done = ~any_empty & (np.abs(new - c).max(axis=1) <= lim)
+    # A centroid may be +inf where a random init found fewer than k values
+    # of (float64-visible) weight: inf - inf is NaN, and NaN <= lim is False.
+    with np.errstate(invalid="ignore"):
+        done = ~any_empty & (np.abs(new - c).max(axis=1) <= lim)
     if last is not None:
         # Same partition as last time: a fixed point (the means repeat).
         done |= ~any_empty & (pos == last).all(axis=1)
