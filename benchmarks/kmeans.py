@@ -10,7 +10,10 @@ times and scores (float64 SSE):
 * ``exact``   -- the exact optimum, from the PyPI package ``kmeans1d``
   (an O(k n) solver; benchmark-only dependency) where installed and
   affordable, else from a small O(k n^2) DP on the small case only;
-* ``np.sort`` and ``torch.sort`` of the same N, as yardsticks.
+* ``np.sort`` and ``torch.sort`` of the same N, as yardsticks;
+* weighted k-means (``sample_weight`` of lognormal importances) per channel
+  (1536 rows x 384 values) and per tensor (1e6 values), k = 16, weighted and
+  unweighted on the same data.
 
 Other processes share this machine, so absolute times are noisy: every row
 interleaves its measurements and reports ratios taken in the same run. One
@@ -191,6 +194,33 @@ def bench_2d(args) -> None:
         )
 
 
+def importance_weights(rng: np.random.Generator, shape) -> np.ndarray:
+    """Hessian-diagonal-like importances: lognormal over orders of magnitude, 20 % zeros."""
+    return (rng.lognormal(0.0, 2.0, shape) * (rng.random(shape) >= 0.2)).astype(np.float32)
+
+
+def bench_weighted(args) -> None:
+    """Weighted k-means as calibrated quantization uses it, against the same data unweighted."""
+    rng = np.random.default_rng(1)
+    B, n, k = args.rows_weighted, 384, 16
+    cases = [
+        (f"per-channel {B} x {n}", (B, n)),
+        (f"per-tensor {args.n_weighted:.0e}", (args.n_weighted,)),
+    ]
+    print(f"\nweighted k-means, k={k} (lognormal importances, 20 % zero), one thread")
+    for name, shape in cases:
+        x = torch.from_numpy((rng.standard_normal(shape) * 0.02).astype(np.float32))
+        w = torch.from_numpy(importance_weights(rng, shape))
+        for method in ("lloyd", "optimal"):
+            (cu, lu), t_u = timed(partial(kmeans1d, x, k, method=method))
+            (cw, lw), t_w = timed(partial(kmeans1d, x, k, method=method, sample_weight=w))
+            gain = sse(x, cu, lu, w) / sse(x, cw, lw, w)
+            print(
+                f"  {name:24s} {method:8s} unweighted {t_u:6.2f} s   weighted {t_w:6.2f} s   "
+                f"weighted SSE: unweighted codebook / weighted codebook {gain:6.3f}"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small smoke run")
@@ -202,6 +232,9 @@ def main() -> None:
     )
     p.add_argument("--sklearn-all", action="store_true", help="also run sklearn at N=1e7, 8 bits")
     p.add_argument("--rows-2d", type=int, default=None, help="rows of the 2-D case (0: skip)")
+    p.add_argument(
+        "--rows-weighted", type=int, default=None, help="rows of the weighted case (0: skip)"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
@@ -214,6 +247,9 @@ def main() -> None:
     args.sklearn_skip_bits = 8
     args.rows_2d = args.rows_2d if args.rows_2d is not None else (64 if quick else 4096)
     args.exact_rows_2d = 8 if quick else 64
+    if args.rows_weighted is None:
+        args.rows_weighted = 64 if quick else 1536
+    args.n_weighted = 20_000 if quick else 1_000_000
     if exact_pkg is None:
         print("note: PyPI package kmeans1d not installed: exact SSE only where N <= 3000")
     print(
@@ -227,6 +263,8 @@ def main() -> None:
     bench_1d(args)
     if args.rows_2d:
         bench_2d(args)
+    if args.rows_weighted:
+        bench_weighted(args)
 
 
 if __name__ == "__main__":

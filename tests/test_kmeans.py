@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import numpy as np
@@ -10,11 +11,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchprune_share.kmeans import kmeans1d, sse
-
-INITS = ["linear", "density", "random", "kmeans++"]
-METHODS = ["lloyd", "optimal", "sklearn"]
-
+from torchprune_share import kmeans
+from torchprune_share.kmeans import INITS, METHODS, kmeans1d, sse
 
 # --------------------------------------------------------------------------- #
 # Reference implementations
@@ -258,38 +256,147 @@ def test_large_input_labels_match_searchsorted():
 # --------------------------------------------------------------------------- #
 
 
+_GOOD = {"x": torch.tensor([0.0, 1.0, 2.0]), "k": 2}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"x": torch.tensor([1, 2, 3])}, TypeError, "floating"),
-        ({"x": [1.0, 2.0]}, TypeError, "torch.Tensor"),
-        ({"x": torch.zeros(2, 2, 2)}, ValueError, "1-D"),
-        ({"x": torch.zeros(0)}, ValueError, "empty"),
-        ({"x": torch.zeros(3, 0)}, ValueError, "empty"),
-        ({"x": torch.tensor([1.0, float("nan")])}, ValueError, "finite"),
-        ({"x": torch.tensor([[1.0, 2.0], [float("inf"), 0.0]])}, ValueError, "finite"),
-        ({"x": torch.tensor([-float("inf"), 0.0])}, ValueError, "finite"),
-        ({"k": 0}, ValueError, "k must be"),
-        ({"k": True}, TypeError, "k must be"),
-        ({"k": 2.0}, TypeError, "k must be"),
-        ({"init": "kmeans+"}, ValueError, "init"),
-        ({"method": "exact"}, ValueError, "method"),
-        ({"max_iter": 0}, ValueError, "max_iter"),
-        ({"max_iter": 1.5}, TypeError, "max_iter"),
-        ({"tol": -1.0}, ValueError, "tol"),
-        ({"sample_weight": torch.ones(2)}, ValueError, "shape"),
-        ({"sample_weight": torch.tensor([1.0, -1.0, 1.0])}, ValueError, ">= 0"),
-        ({"sample_weight": torch.tensor([1.0, float("nan"), 1.0])}, ValueError, "finite"),
-        ({"sample_weight": torch.zeros(3)}, ValueError, "zero everywhere"),
-        ({"generator": 3}, TypeError, "generator"),
+        # Wrong type: TypeError.
+        ({"x": torch.tensor([1, 2, 3])}, TypeError, "x must be a floating"),
+        ({"x": [1.0, 2.0]}, TypeError, "x must be a torch.Tensor"),
+        ({"x": np.zeros(3)}, TypeError, "x must be a torch.Tensor"),
+        ({"k": "2"}, TypeError, r"k must be an int >= 1, got str"),
+        ({"k": 2.0}, TypeError, "k must be an int >= 1"),
+        ({"k": True}, TypeError, "k must be an int >= 1"),
+        ({"k": None}, TypeError, "k must be an int >= 1"),
+        ({"max_iter": 1.5}, TypeError, "max_iter must be an int >= 1"),
+        ({"max_iter": "300"}, TypeError, "max_iter must be an int >= 1"),
+        ({"tol": "x"}, TypeError, "tol must be a real number >= 0, got str"),
+        ({"tol": None}, TypeError, "tol must be a real number >= 0"),
+        ({"tol": True}, TypeError, "tol must be a real number >= 0"),
+        ({"tol": torch.tensor(0.1)}, TypeError, "tol must be a real number"),
+        ({"init": 3}, TypeError, r"init must be a str, one of \('linear'"),
+        ({"init": None}, TypeError, "init must be a str"),
+        ({"method": ["lloyd"]}, TypeError, "method must be a str"),
+        ({"sample_weight": [1.0, 1.0, 1.0]}, TypeError, "sample_weight must be a torch.Tensor"),
+        ({"sample_weight": np.ones(3)}, TypeError, "sample_weight must be a torch.Tensor"),
+        (
+            {"sample_weight": torch.ones(3, dtype=torch.complex64)},
+            TypeError,
+            "sample_weight must be a real",
+        ),
+        ({"generator": 3}, TypeError, "generator must be a torch.Generator or None, got int"),
+        ({"generator": np.random.default_rng(0)}, TypeError, "generator must be a torch.Generator"),
+        # Wrong value: ValueError.
+        ({"x": torch.zeros(2, 2, 2)}, ValueError, r"x must be 1-D \(n,\) or 2-D"),
+        ({"x": torch.zeros(0)}, ValueError, "x must not be empty"),
+        ({"x": torch.zeros(3, 0)}, ValueError, "x must not be empty"),
+        ({"x": torch.tensor([1.0, float("nan")])}, ValueError, "x must be finite"),
+        ({"x": torch.tensor([[1.0, 2.0], [float("inf"), 0.0]])}, ValueError, "x must be finite"),
+        ({"x": torch.tensor([-float("inf"), 0.0])}, ValueError, "x must be finite"),
+        ({"k": 0}, ValueError, "k must be an int >= 1, got 0"),
+        ({"k": -3}, ValueError, "k must be an int >= 1, got -3"),
+        ({"max_iter": 0}, ValueError, "max_iter must be an int >= 1, got 0"),
+        ({"tol": -1.0}, ValueError, "tol must be a real number >= 0, got -1.0"),
+        ({"tol": float("nan")}, ValueError, "tol must be a real number >= 0, got nan"),
+        ({"init": "kmeans+"}, ValueError, r"init must be one of \('linear', 'density'"),
+        (
+            {"method": "exact"},
+            ValueError,
+            r"method must be one of \('lloyd', 'optimal', 'sklearn'\)",
+        ),
+        ({"sample_weight": torch.ones(2)}, ValueError, r"sample_weight must have x's shape \(3,\)"),
+        ({"sample_weight": torch.ones(1, 3)}, ValueError, "sample_weight must have x's shape"),
+        (
+            {"sample_weight": torch.tensor([1.0, -1.0, 1.0])},
+            ValueError,
+            "sample_weight must be .*>= 0",
+        ),
+        ({"sample_weight": torch.tensor([1.0, float("nan"), 1.0])}, ValueError, "finite and >= 0"),
+        ({"sample_weight": torch.tensor([1.0, float("inf"), 1.0])}, ValueError, "finite and >= 0"),
+        ({"sample_weight": torch.zeros(3)}, ValueError, "sample_weight is zero everywhere"),
     ],
 )
-def test_validation(kwargs, exc, match):
-    args = {"x": torch.tensor([0.0, 1.0, 2.0]), "k": 2}
-    args.update(kwargs)
+def test_kmeans1d_error_convention(kwargs, exc, match):
+    # TypeError for a wrong type, ValueError for a wrong value; the message
+    # names the argument and the accepted range. Never the other class.
+    args = {**_GOOD, **kwargs}
     x, k = args.pop("x"), args.pop("k")
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as info:
         kmeans1d(x, k, **args)
+    assert type(info.value) is exc
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        (([0.0, 1.0], torch.zeros(2), torch.zeros(2, dtype=torch.long)), {}, TypeError, "x must"),
+        (
+            (torch.zeros(2), (0.0, 1.0), torch.zeros(2, dtype=torch.long)),
+            {},
+            TypeError,
+            "centroids",
+        ),
+        ((torch.zeros(2), torch.zeros(2), [0, 1]), {}, TypeError, "labels must be a torch.Tensor"),
+        (
+            (torch.zeros(2), torch.zeros(2), torch.zeros(2)),
+            {},
+            TypeError,
+            "labels must be an integer",
+        ),
+        (
+            (torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long)),
+            {"sample_weight": [1.0, 1.0]},
+            TypeError,
+            "sample_weight must be a torch.Tensor",
+        ),
+        (
+            (torch.zeros(2), torch.zeros(2), torch.zeros(3, dtype=torch.long)),
+            {},
+            ValueError,
+            "labels of its shape",
+        ),
+        (
+            (torch.zeros(2, 2), torch.zeros(2), torch.zeros(2, 2, dtype=torch.long)),
+            {},
+            ValueError,
+            "centroids must be",
+        ),
+        (
+            (torch.zeros(2), torch.zeros(2), torch.tensor([0, 2])),
+            {},
+            ValueError,
+            r"labels must lie in \[0, 1\]",
+        ),
+        (
+            (torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long)),
+            {"sample_weight": torch.tensor([1.0, -1.0])},
+            ValueError,
+            "sample_weight must be finite and >= 0",
+        ),
+    ],
+)
+def test_sse_error_convention(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match) as info:
+        sse(*args, **kwargs)
+    assert type(info.value) is exc
+
+
+def test_failed_call_leaves_inputs_untouched():
+    x = torch.tensor([3.0, 1.0, 2.0])
+    w = torch.tensor([1.0, -1.0, 1.0])
+    with pytest.raises(ValueError):
+        kmeans1d(x, 2, sample_weight=w)
+    assert x.tolist() == [3.0, 1.0, 2.0] and w.tolist() == [1.0, -1.0, 1.0]
+
+
+def test_public_names_and_choices():
+    import torchprune_share.kmeans as km
+
+    assert km.INITS == ("linear", "density", "random", "kmeans++")
+    assert km.METHODS == ("lloyd", "optimal", "sklearn")
+    assert set(km.__all__) == {"INITS", "METHODS", "kmeans1d", "sse"}
 
 
 def test_nan_at_zero_weight_is_rejected():
@@ -349,6 +456,181 @@ def test_equal_weights_change_nothing():
     c2, l2 = kmeans1d(x, 16, sample_weight=torch.full((1000,), 0.3, dtype=torch.float64))
     torch.testing.assert_close(c1, c2)
     assert torch.equal(l1, l2)
+
+
+# --------------------------------------------------------------------------- #
+# Weighted k-means with real-valued importances (calibrated quantization)
+# --------------------------------------------------------------------------- #
+
+
+def importance_weights(rng: np.random.Generator, shape, zero_frac: float = 0.2) -> np.ndarray:
+    """Hessian-diagonal-like weights: lognormal over orders of magnitude, some exact zeros."""
+    return rng.lognormal(0.0, 2.0, shape) * (rng.random(shape) >= zero_frac)
+
+
+def weighted_lloyd_reference(x: np.ndarray, w: np.ndarray, k: int, steps: int):
+    """Textbook weighted Lloyd from the linear init, on one row, in float64.
+
+    Returns the centroids after every step (index 0: the init) and whether
+    every partition on the way had k non-empty clusters. A value exactly on
+    a midpoint goes to the lower cluster, as in kmeans1d.
+    """
+    xw = x[w > 0]
+    lo, hi = xw.min(), xw.max()
+    c = lo + (hi - lo) * (np.arange(k) / (k - 1))
+    history, nonempty = [c], True
+    for _ in range(steps):
+        lab = np.searchsorted(0.5 * (c[1:] + c[:-1]), x, side="left")
+        mass = np.bincount(lab, weights=w, minlength=k)
+        nonempty &= bool((mass > 0).all())
+        c = np.bincount(lab, weights=w * x, minlength=k) / np.where(mass > 0, mass, 1.0)
+        history.append(c)
+    return history, nonempty
+
+
+def nearest_reference(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.searchsorted(0.5 * (c[1:] + c[:-1]), x, side="left")
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_weighted_lloyd_takes_the_textbook_steps(batched):
+    # Before the first merge-and-split move (iteration 10), kmeans1d with
+    # max_iter=t is t steps of textbook weighted Lloyd: same centroids, and
+    # every entry (zero-weight ones too) labelled with its nearest centroid.
+    rng = np.random.default_rng(11)
+    rows, n, k = (6, 384, 8) if batched else (1, 3000, 8)
+    x = rng.standard_normal((rows, n))
+    w = importance_weights(rng, (rows, n))
+    refs = [weighted_lloyd_reference(x[r], w[r], k, 10) for r in range(rows)]
+    assert all(ok for _, ok in refs)  # the comparison needs no empty cluster
+    xt, wt = torch.tensor(x), torch.tensor(w)
+    compared = 0
+    for t in range(1, 9):
+        if batched:
+            c, lab = kmeans1d(xt, k, max_iter=t, tol=0.0, sample_weight=wt)
+        else:
+            c, lab = kmeans1d(xt[0], k, max_iter=t, tol=0.0, sample_weight=wt[0])
+            c, lab = c[None], lab[None]
+        for r in range(rows):
+            hist, _ = refs[r]
+            if np.array_equal(
+                nearest_reference(x[r], hist[t - 1]), nearest_reference(x[r], hist[t])
+            ):
+                continue  # converged before t: kmeans1d may have applied a move
+            np.testing.assert_allclose(c[r].numpy(), hist[t], rtol=1e-11, atol=1e-13)
+            assert np.array_equal(lab[r].numpy(), nearest_reference(x[r], c[r].numpy()))
+            compared += 1
+    assert compared >= 6 * rows  # most steps were compared, not skipped
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("init", INITS)
+def test_weighted_sse_decreases_over_lloyd_iterations(batched, init):
+    rng = np.random.default_rng(5)
+    shape = (8, 384) if batched else (6000,)
+    x = torch.tensor(rng.laplace(size=shape))
+    w = torch.tensor(importance_weights(rng, shape))
+    errors = []
+    for t in range(1, 41):
+        g = torch.Generator().manual_seed(3)
+        c, lab = kmeans1d(x, 16, init=init, max_iter=t, tol=0.0, sample_weight=w, generator=g)
+        e = (
+            w
+            * (
+                x
+                - torch.gather(
+                    c.reshape(-1, 16), 1, lab.reshape(len(c.reshape(-1, 16)), -1)
+                ).reshape(shape)
+            )
+            ** 2
+        )
+        errors.append(e.reshape(-1, shape[-1]).sum(dim=1))
+    errors = torch.stack(errors)  # (iterations, rows)
+    assert (errors[1:] <= errors[:-1] * (1 + 1e-12) + 1e-15).all()
+    assert (errors[-1] < errors[0]).all()  # and it did improve on every row
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("init", INITS)
+def test_real_valued_weights_every_init_and_method(method, init):
+    rng = np.random.default_rng(3 * INITS.index(init) + METHODS.index(method))
+    rows, n, k = 5, 300 if method == "sklearn" else 600, 16
+    x = torch.tensor(rng.standard_normal((rows, n)) * 0.05, dtype=torch.float32)
+    w = torch.tensor(importance_weights(rng, (rows, n)), dtype=torch.float32)
+    w[1] = 0.0  # a row with no weight at all
+    x[2, :10] = 3.0  # far outliers of zero weight: outside every row's range
+    w[2, :10] = 0.0
+    g = torch.Generator().manual_seed(0)
+    c, lab = kmeans1d(x, k, init=init, method=method, sample_weight=w, generator=g)
+    check_contract(x[[0, 2, 3, 4]], c[[0, 2, 3, 4]], lab[[0, 2, 3, 4]], w[[0, 2, 3, 4]])
+    assert (c[1] == 0).all() and (lab[1] == 0).all()
+    assert (lab[2, :10] == k - 1).all()  # zero-weight entries: their nearest centroid
+    for r in (0, 2, 4):
+        g = torch.Generator().manual_seed(0)
+        cr, lr = kmeans1d(x[r], k, init=init, method=method, sample_weight=w[r], generator=g)
+        if init in ("linear", "density"):  # random inits draw differently per batch
+            assert torch.equal(c[r], cr) and torch.equal(lab[r], lr)
+        if method == "optimal":
+            # Near-optimal for the weighted objective: better than the
+            # unweighted clustering, measured weighted. (Plain Lloyd gives no
+            # such guarantee: scikit-learn's weighted run ends worse here.)
+            cu, lu = kmeans1d(x[r], k, init=init, method=method)
+            assert sse(x[r], cr, lr, w[r]) < sse(x[r], cu, lu, w[r])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_optimal_matches_brute_force_real_weights(seed):
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(6):
+        n = int(rng.integers(2, 11))
+        k = int(rng.integers(1, 5))
+        x = np.round(rng.standard_normal(n), 1)
+        w = importance_weights(rng, n, zero_frac=0.25)
+        w[0] = max(w[0], 1e-3)
+        xt, wt = torch.tensor(x), torch.tensor(w)
+        c, lab = kmeans1d(xt, k, method="optimal", sample_weight=wt)
+        check_contract(xt, c, lab, wt)
+        assert sse(xt, c, lab, wt) == pytest.approx(
+            brute_force_optimum(x, k, w), rel=1e-9, abs=1e-12
+        )
+
+
+@pytest.mark.parametrize("method", ["lloyd", "optimal"])
+def test_weights_scaled_by_a_power_of_two_change_nothing(method):
+    # Only relative importance matters: exact scaling gives identical results.
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.standard_normal((4, 500)), dtype=torch.float32)
+    w = torch.tensor(importance_weights(rng, (4, 500)))
+    ref = kmeans1d(x, 16, method=method, sample_weight=w)
+    for scale in (2.0**-40, 2.0**30):
+        got = kmeans1d(x, 16, method=method, sample_weight=w * scale)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def test_weighted_per_channel_fixed_point():
+    # Per-channel shape of a calibrated layer (rows x 384 values, 4 bits):
+    # every centroid is the weighted mean of the entries labelled with it.
+    rng = np.random.default_rng(4)
+    x = torch.tensor(rng.standard_normal((64, 384)) * 0.02)
+    w = torch.tensor(importance_weights(rng, (64, 384)))
+    c, lab = kmeans1d(x, 16, tol=0.0, max_iter=10_000, sample_weight=w)
+    mass = torch.zeros(64, 16, dtype=torch.float64).scatter_add_(1, lab, w)
+    mean = torch.zeros(64, 16, dtype=torch.float64).scatter_add_(1, lab, w * x) / mass
+    assert (mass > 0).all()
+    torch.testing.assert_close(c, mean, rtol=1e-9, atol=1e-15)
+    check_contract(x, c, lab, w)
+
+
+def test_weighted_1d_with_a_million_entries():
+    # Per-tensor shape: float32 weights, the fast sort path.
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.laplace(size=1_000_000) * 0.02, dtype=torch.float32)
+    w = torch.tensor(importance_weights(rng, 1_000_000), dtype=torch.float32)
+    c, lab = kmeans1d(x, 16, sample_weight=w)
+    assert c.shape == (16,) and (c[1:] > c[:-1]).all()
+    mids = (c[1:].double() + c[:-1].double()) / 2
+    assert torch.equal(lab, torch.searchsorted(mids, x.double(), right=False))
+    assert (torch.bincount(lab[w > 0], minlength=16) > 0).all()
 
 
 # --------------------------------------------------------------------------- #
@@ -533,3 +815,128 @@ def test_quality_at_8_bits():
     for c, lab in ((c_l, l_l), (c_o, l_o), (c_s, l_s)):
         assert c.shape == (256,)
         assert torch.bincount(lab, minlength=256).min() > 0
+
+
+# --------------------------------------------------------------------------- #
+# Regression: fixed outputs (main's kmeans.py before the split gave the same)
+# --------------------------------------------------------------------------- #
+
+_RX = [-1.5, -0.25, 0.0, 0.0, 0.1, 0.3, 0.3, 0.9, 1.0, 2.5, 4.0, 4.0, 7.0, -3.0, 0.6, 1.7]
+_RW = [0.5, 2.0, 1.0, 0.0, 3.0, 0.25, 1.0, 1.5, 0.0, 2.0, 0.75, 1.0, 0.125, 0.0, 4.0, 1.0]
+_L_INIT = [0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 0, 1, 1]
+_L_OPT = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 3, 0, 1, 2]
+_C_OPT = [-0.14615384615384608, 0.6111111111111112, 2.2333333333333334, 4.2]
+
+
+@pytest.mark.parametrize(
+    ("init", "method", "max_iter", "centroids", "labels"),
+    [
+        (
+            "linear",
+            "lloyd",
+            1,
+            [-0.5000000000000001, 0.8090909090909091, 3.9999999999999996, 6.999999999999998],
+            [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 0, 1, 1],
+        ),
+        (
+            "linear",
+            "lloyd",
+            300,
+            [-0.0741935483870968, 0.8384615384615385, 3.2, 6.999999999999998],
+            _L_INIT,
+        ),
+        ("linear", "optimal", 300, _C_OPT, _L_OPT),
+        (
+            "density",
+            "lloyd",
+            1,
+            [-0.3571428571428572, 0.1588235294117648, 0.6818181818181819, 2.9897435897435893],
+            [0, 0, 1, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 2, 2],
+        ),
+        (
+            "density",
+            "lloyd",
+            300,
+            [-0.0741935483870968, 0.6818181818181819, 2.2333333333333334, 4.2],
+            [0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 0, 1, 2],
+        ),
+        ("density", "optimal", 300, _C_OPT, _L_OPT),
+        (
+            "random",
+            "lloyd",
+            1,
+            [-0.5000000000000001, 0.12857142857142861, 0.8384615384615385, 3.32258064516129],
+            [0, 0, 1, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 2, 2],
+        ),
+        (
+            "random",
+            "lloyd",
+            300,
+            [-0.0741935483870968, 0.6818181818181819, 2.2333333333333334, 4.2],
+            [0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 0, 1, 2],
+        ),
+        ("random", "optimal", 300, _C_OPT, _L_OPT),
+        (
+            "kmeans++",
+            "lloyd",
+            1,
+            [0.23962264150943396, 2.2333333333333334, 3.9999999999999996, 6.999999999999998],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 3, 0, 0, 1],
+        ),
+        ("kmeans++", "lloyd", 300, _C_OPT, _L_OPT),
+        ("kmeans++", "optimal", 300, _C_OPT, _L_OPT),
+    ],
+)
+def test_regression_small_weighted(init, method, max_iter, centroids, labels):
+    x, w = torch.tensor(_RX, dtype=torch.float64), torch.tensor(_RW, dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    c, lab = kmeans.kmeans1d(
+        x, 4, init=init, method=method, max_iter=max_iter, sample_weight=w, generator=g
+    )
+    assert c.tolist() == centroids  # bitwise: float64 reprs round-trip
+    assert lab.tolist() == labels
+
+
+def test_regression_small_batched():
+    x = torch.tensor(_RX, dtype=torch.float64).reshape(2, 8)
+    w = torch.tensor(_RW, dtype=torch.float64).reshape(2, 8)
+    c, lab = kmeans.kmeans1d(x, 3, sample_weight=w)
+    assert c.tolist() == [
+        [-1.5, -0.033333333333333326, 0.6272727272727273],
+        [0.8200000000000003, 3.2, 7.0],
+    ]
+    assert lab.tolist() == [[0, 1, 1, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 0, 0]]
+
+
+def _digest(c: torch.Tensor, lab: torch.Tensor) -> str:
+    bits = c.view(torch.int16) if c.dtype == torch.bfloat16 else c.contiguous().view(torch.uint8)
+    h = hashlib.sha256(bits.numpy().tobytes())
+    h.update(lab.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "weighted", "seed", "k", "init", "method", "digest"),
+    [
+        ((5000,), torch.float32, True, 1, 16, "linear", "lloyd", "e03b8311fe83d278"),
+        ((5000,), torch.float32, False, 2, 256, "linear", "lloyd", "8fe7303292f60941"),
+        ((5000,), torch.float64, True, 3, 256, "density", "optimal", "92eb1952984ea039"),
+        ((20000,), torch.float16, False, 4, 64, "kmeans++", "lloyd", "0380645bab5b90c2"),
+        ((3000,), torch.float32, True, 5, 32, "random", "optimal", "ee2a96ec288b8937"),
+        ((48, 384), torch.float32, True, 6, 16, "linear", "lloyd", "52d9a7b8df42238c"),
+        ((48, 384), torch.float32, True, 7, 16, "linear", "optimal", "81022deb30e4156d"),
+        ((16, 384), torch.bfloat16, False, 8, 256, "density", "lloyd", "567e302935bad125"),
+        ((16, 1000), torch.float32, True, 9, 4, "kmeans++", "lloyd", "a093df54f77bde1f"),
+        ((16, 1000), torch.float64, False, 10, 1, "random", "optimal", "2e3db5e2819e23d6"),
+    ],
+)
+def test_regression_digests(shape, dtype, weighted, seed, k, init, method, digest):
+    # Bit-exact outputs (sha256 of centroid bytes and labels) of larger cases,
+    # recorded from the single-module kmeans.py this package replaced. A
+    # change here is a change of results: make it on purpose, never by accident.
+    rng = np.random.default_rng(seed)
+    x = torch.tensor(rng.laplace(size=shape) * 0.02).to(dtype)
+    w = torch.tensor(rng.lognormal(0, 1.5, shape) * (rng.random(shape) > 0.2)) if weighted else None
+    g = torch.Generator().manual_seed(seed)
+    c, lab = kmeans1d(x, k, init=init, method=method, sample_weight=w, generator=g)
+    assert _digest(c, lab) == digest
