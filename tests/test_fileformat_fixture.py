@@ -123,7 +123,7 @@ def test_fixture_report_totals():
     assert report.file_bytes == report.totals()["PQH"] + report.overhead
     rows = {r["tensor"]: r for r in report.rows}
     assert rows["0.weight"]["bits"] == 3 and rows["6.weight"]["bits"] is None
-    assert rows["4.weight"]["density"] == pytest.approx(0.15, abs=1 / 2304)
+    assert rows["4.weight"]["density"] == pytest.approx(0.15, abs=1 / 18432)
     assert rows["6.weight"]["P"] == rows["6.weight"]["PQ"]
 
 
