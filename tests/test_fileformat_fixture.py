@@ -130,6 +130,24 @@ def test_fixture_report_totals():
     assert rows["6.weight"]["P"] == rows["6.weight"]["PQ"]
 
 
+def test_byte_code_tables_are_append_only():
+    """A file's byte codes index these tables: 0.1.0's entries keep their positions, and
+    every setting the library can produce has a code."""
+    from torchprune_share import kmeans
+    from torchprune_share.fileformat import spec
+
+    assert spec.INITS[:4] == ("linear", "density", "random", "kmeans++")
+    assert spec.METHODS[:3] == ("lloyd", "optimal", "sklearn")
+    assert spec.GRANULARITIES[:2] == ("per_tensor", "per_channel")
+    assert spec.KINDS[:3] == ("raw", "pruned", "shared") and spec.CODINGS == ("packed", "huffman")
+    assert [str(t).removeprefix("torch.") for t in spec.TORCH_DTYPES[:10]] == [
+        *("float32", "float16", "bfloat16", "float64", "int64"),
+        *("int32", "int16", "int8", "uint8", "bool"),
+    ]
+    assert set(kmeans.INITS) <= set(spec.INITS)
+    assert set(kmeans.METHODS) <= set(spec.METHODS)
+
+
 def write_fixtures() -> None:
     """Write the fixture files (done once, with 0.1.0's code; never rerun)."""
     FIXTURES.mkdir(exist_ok=True)
