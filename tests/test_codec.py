@@ -23,6 +23,15 @@ from torchprune_share.codec import (
     packed_nbytes,
     unpack_bits,
 )
+from torchprune_share.codec.wire import (
+    BoundedReader,
+    as_uint8,
+    encode_varint,
+    encode_varints,
+    unsigned_dtype,
+    zigzag_decode,
+    zigzag_encode,
+)
 
 FAST = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -31,13 +40,7 @@ FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCh
 # ----------------------------------------------------------------------------- helpers
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+_varint = encode_varint
 
 
 def _seal(body: bytes) -> bytes:
@@ -161,19 +164,20 @@ def test_pack_bit_order_documented_example() -> None:
 
 
 @pytest.mark.parametrize(
-    ("values", "bits", "match"),
+    ("values", "bits", "error", "match"),
     [
-        (np.array([4]), 2, "values must be < 2\\*\\*bits"),
-        (np.array([-1, 0]), 3, "values must be non-negative"),
-        (np.array([1.0]), 3, "values must have an integer dtype"),
-        (np.array([1]), 0, "bits must be in 1..32"),
-        (np.array([1]), 33, "bits must be in 1..32"),
-        (np.array([1]), True, "bits must be an int"),
-        (np.array([2**32], dtype=np.uint64), 32, "values must be < 2\\*\\*bits"),
+        (np.array([4]), 2, ValueError, "values must be < 2\\*\\*bits"),
+        (np.array([-1, 0]), 3, ValueError, "values must be non-negative"),
+        (np.array([1.0]), 3, TypeError, "values must have an integer dtype"),
+        (np.array([1]), 0, ValueError, "bits must be in 1..32"),
+        (np.array([1]), 33, ValueError, "bits must be in 1..32"),
+        (np.array([1]), True, TypeError, "bits must be an int"),
+        (np.array([1]), "3", TypeError, "bits must be an int"),
+        (np.array([2**32], dtype=np.uint64), 32, ValueError, "values must be < 2\\*\\*bits"),
     ],
 )
-def test_pack_bits_validation(values: np.ndarray, bits: int, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_pack_bits_validation(values: np.ndarray, bits, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
         pack_bits(values, bits)
 
 
@@ -353,19 +357,21 @@ def test_huffman_many_chunks() -> None:
 
 
 @pytest.mark.parametrize(
-    ("symbols", "kwargs", "match"),
+    ("symbols", "kwargs", "error", "match"),
     [
-        (np.array([-1, 2]), {}, "non-negative"),
-        (np.array([1.5]), {}, "integer dtype"),
-        (np.array([2**63], dtype=np.uint64), {}, "2\\*\\*63"),
-        (np.array([1, 2]), {"chunk_size": 100}, "chunk_size"),
-        (np.array([1, 2]), {"chunk_size": 8}, "chunk_size"),
-        (np.array([1, 2]), {"max_len": 0}, "max_len"),
-        (np.array([1, 2]), {"max_len": 21}, "max_len"),
+        (np.array([-1, 2]), {}, ValueError, "non-negative"),
+        (np.array([1.5]), {}, TypeError, "integer dtype"),
+        (np.array([2**63], dtype=np.uint64), {}, ValueError, "2\\*\\*63"),
+        (np.array([1, 2]), {"chunk_size": 100}, ValueError, "chunk_size"),
+        (np.array([1, 2]), {"chunk_size": 8}, ValueError, "chunk_size"),
+        (np.array([1, 2]), {"chunk_size": 16.0}, TypeError, "chunk_size"),
+        (np.array([1, 2]), {"max_len": 0}, ValueError, "max_len"),
+        (np.array([1, 2]), {"max_len": 21}, ValueError, "max_len"),
+        (np.array([1, 2]), {"max_len": "8"}, TypeError, "max_len"),
     ],
 )
-def test_encode_validation(symbols: np.ndarray, kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_encode_validation(symbols: np.ndarray, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
         encode(symbols, **kwargs)
 
 
@@ -517,3 +523,54 @@ def test_fuzz_mutations(case: tuple[int, bytes]) -> None:
         np.testing.assert_array_equal(out, _SAMPLES[i])
     # Re-sealed mutations pass the checksum: structural checks alone must hold.
     _decode_or_error(_reseal(data))
+
+
+# ----------------------------------------------------------------------------- wire
+
+
+def _leb128(value: int) -> bytes:
+    """The textbook LEB128 loop, an oracle for the library's two encoders."""
+    out = []
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@FAST
+@given(st.lists(st.integers(0, 2**63 - 1), max_size=50))
+def test_varints_round_trip(values: list[int]) -> None:
+    data = b"".join(_leb128(v) for v in values)
+    assert b"".join(encode_varint(v) for v in values) == data
+    assert encode_varints(np.array(values, dtype=np.uint64)) == data
+    rd = BoundedReader(data)
+    assert [rd.varint("v") for _ in values] == values and rd.remaining == 0
+    assert BoundedReader(data).varints(len(values), "v").tolist() == values
+
+
+def test_wire_edges() -> None:
+    assert len(encode_varint(2**63 - 1)) == 9
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
+        encode_varint(2**63)
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
+        encode_varint(-1)
+    with pytest.raises(TypeError, match="value must be an int"):
+        encode_varint(1.0)
+    with pytest.raises(ValueError, match="varint longer than 9 bytes"):
+        BoundedReader(b"\xff" * 10).varint("v")
+    with pytest.raises(ValueError, match="truncated: v needs 1 bytes, 0 left"):
+        BoundedReader(b"\x80").varint("v")
+    with pytest.raises(ValueError, match="truncated"):
+        BoundedReader(b"\x80\x80").varints(2, "v")
+    with pytest.raises(ValueError, match="longer than 9"):
+        BoundedReader(b"\xff" * 20).varints(2, "v")
+    rd = BoundedReader(b"abc")
+    with pytest.raises(ValueError, match="truncated: x needs 4 bytes, 3 left"):
+        rd.take(4, "x")
+    assert rd.pos == 0 and bytes(rd.take(3, "x")) == b"abc"
+    assert [zigzag_decode(zigzag_encode(v)) for v in range(-5, 6)] == list(range(-5, 6))
+    assert [unsigned_dtype(v).itemsize for v in (0, 255, 256, 65536, 2**32)] == [1, 1, 2, 4, 8]
+    assert as_uint8(np.arange(3, dtype=np.uint8)).tolist() == [0, 1, 2]
+    with pytest.raises(TypeError, match="bytes-like"):
+        as_uint8("abc")

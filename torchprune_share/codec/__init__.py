@@ -1,12 +1,15 @@
 """Pure-numpy numeric codec used by the compressed model file format.
 
-Two building blocks, both vectorised (no Python loop per value) and free of torch:
+Vectorised building blocks (no Python loop per value), free of torch:
 
+* :mod:`~torchprune_share.codec.wire` -- varints and the bounds-checked reader that
+  both the Huffman decoder and the model file's reader are built on.
 * :mod:`~torchprune_share.codec.bitpack` -- fixed-width bit packing
   (:func:`pack_bits`, :func:`unpack_bits`, :func:`packed_nbytes`).
-* :mod:`~torchprune_share.codec.huffman` -- canonical, length-limited Huffman
-  coding of non-negative integer streams (:func:`encode`, :func:`decode`,
-  :func:`code_lengths`, :func:`encoded_size_bits`).
+* :mod:`~torchprune_share.codec.prefix_code` -- optimal length-limited code lengths
+  (:func:`code_lengths`, :func:`encoded_size_bits`).
+* :mod:`~torchprune_share.codec.huffman` -- canonical Huffman coding of non-negative
+  integer streams (:func:`encode`, :func:`decode`).
 
 Every decoder raises :class:`CodecError` (a :class:`ValueError`) on malformed,
 truncated or corrupt input and never any other exception type for bad bytes.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import CodecError
+from .wire import as_uint8, unsigned_dtype
 
 __all__ = ["pack_bits", "packed_nbytes", "unpack_bits"]
 
@@ -33,7 +34,7 @@ _MAX_BITS = 32
 def _check_bits(bits: int) -> int:
     # bool is an int subclass; ``bits=True`` is almost certainly a bug.
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise ValueError(f"bits must be an int in 1..{_MAX_BITS}, got {bits!r}")
+        raise TypeError(f"bits must be an int in 1..{_MAX_BITS}, got {type(bits).__name__}")
     bits = int(bits)
     if not 1 <= bits <= _MAX_BITS:
         raise ValueError(f"bits must be in 1..{_MAX_BITS}, got {bits}")
@@ -42,7 +43,7 @@ def _check_bits(bits: int) -> int:
 
 def _check_count(count: int) -> int:
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-        raise ValueError(f"count must be a non-negative int, got {count!r}")
+        raise TypeError(f"count must be a non-negative int, got {type(count).__name__}")
     count = int(count)
     if count < 0:
         raise ValueError(f"count must be non-negative, got {count}")
@@ -68,15 +69,6 @@ def packed_nbytes(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-def _unsigned_dtype(bits: int) -> np.dtype:
-    """Smallest unsigned dtype holding ``bits``-bit values."""
-    if bits <= 8:
-        return np.dtype(np.uint8)
-    if bits <= 16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.uint32)
-
-
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Pack non-negative integers into a dense little-endian bit stream.
 
@@ -90,8 +82,9 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
         bit order. The unused high bits of the last byte are zero.
 
     Raises:
-        ValueError: ``bits`` is out of range, ``values`` has a non-integer dtype,
-            or an element is negative or ``>= 2**bits``.
+        TypeError: ``bits`` is not an int, or ``values`` has a non-integer dtype.
+        ValueError: ``bits`` is out of range, or an element is negative or
+            ``>= 2**bits``.
 
     Example:
         >>> pack_bits(np.array([1, 2, 7]), 3)
@@ -103,7 +96,7 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     if n == 0:  # np.asarray([]) is float64; nothing to validate anyway
         return b""
     if arr.dtype.kind not in "biu":
-        raise ValueError(f"values must have an integer dtype, got {arr.dtype}")
+        raise TypeError(f"values must have an integer dtype, got {arr.dtype}")
     arr = arr.ravel()
     if arr.dtype.kind == "i" and int(arr.min()) < 0:
         raise ValueError(f"values must be non-negative, got minimum {int(arr.min())}")
@@ -139,17 +132,6 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     return words.astype("<u8").tobytes()[:nbytes]
 
 
-def _as_uint8(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8:
-            raise TypeError(f"data array must have dtype uint8, got {data.dtype}")
-        return np.ascontiguousarray(data).reshape(-1)
-    try:
-        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    except TypeError:
-        raise TypeError(f"data must be bytes-like, got {type(data).__name__}") from None
-
-
 def unpack_bits(data: bytes | memoryview | np.ndarray, bits: int, count: int) -> np.ndarray:
     """Unpack ``count`` values of width ``bits`` written by :func:`pack_bits`.
 
@@ -167,7 +149,8 @@ def unpack_bits(data: bytes | memoryview | np.ndarray, bits: int, count: int) ->
     Raises:
         CodecError: ``data`` is shorter than ``ceil(count * bits / 8)`` bytes.
         ValueError: ``bits`` or ``count`` is out of range.
-        TypeError: ``data`` is not bytes-like / not a ``uint8`` array.
+        TypeError: ``bits`` or ``count`` is not an int, or ``data`` is not bytes-like /
+            not a ``uint8`` array.
 
     Example:
         >>> unpack_bits(b"\\xd1\\x01", 3, 3)
@@ -175,14 +158,14 @@ def unpack_bits(data: bytes | memoryview | np.ndarray, bits: int, count: int) ->
     """
     bits = _check_bits(bits)
     count = _check_count(count)
-    buf = _as_uint8(data)
+    buf = as_uint8(data)
     nbytes = (count * bits + 7) // 8
     if buf.size < nbytes:
         raise CodecError(
             f"bit-packed data truncated: {count} values of {bits} bits need "
             f"{nbytes} bytes, got {buf.size}"
         )
-    dtype = _unsigned_dtype(bits)
+    dtype = unsigned_dtype((1 << bits) - 1)
     if count == 0:
         return np.zeros(0, dtype=dtype)
     if bits in (8, 16, 32):

@@ -48,6 +48,10 @@ A stream with a single distinct symbol uses a 1-bit code (``"0"``), so its paylo
 ``n`` zero bits: this keeps every stream's symbol count bounded by its payload size,
 which lets :func:`decode` refuse headers that claim more symbols than the bytes can
 hold before allocating anything.
+
+The header reader and the lock-step decoder live in
+:mod:`~torchprune_share.codec.huffman_decoder`, the code lengths in
+:mod:`~torchprune_share.codec.prefix_code`, varints in :mod:`~torchprune_share.codec.wire`.
 """
 
 from __future__ import annotations
@@ -57,7 +61,28 @@ import zlib
 import numpy as np
 
 from . import CodecError
-from .bitpack import _as_uint8, pack_bits, unpack_bits
+from .bitpack import pack_bits
+from .huffman_decoder import (
+    MAX_CHUNK_LOG2,
+    MIN_CHUNK_LOG2,
+    HeaderReader,
+    length_width,
+    lockstep,
+    read_alphabet,
+    read_chunks,
+    read_lengths,
+)
+from .prefix_code import (
+    DEFAULT_MAX_LEN,
+    MAX_CODE_LEN,
+    SymbolHistogram,
+    as_symbols,
+    canonical_code,
+    check_max_len,
+    code_lengths,
+    encoded_size_bits,
+)
+from .wire import as_uint8, encode_varint, encode_varints, unsigned_dtype
 
 __all__ = [
     "DEFAULT_MAX_LEN",
@@ -68,241 +93,9 @@ __all__ = [
     "encoded_size_bits",
 ]
 
-#: Default limit on the code length used by :func:`encode` and :func:`code_lengths`.
-DEFAULT_MAX_LEN = 20
-#: Largest supported code length (the decoder's table has ``2**L`` entries).
-MAX_CODE_LEN = 20
-
 _MAGIC = b"HF"
 _VERSION = 1
 _FIXED = 7  # magic + version + crc
-_MAX_SYMBOL = (1 << 63) - 1
-_MIN_CHUNK_LOG2 = 4
-_MAX_CHUNK_LOG2 = 16
-_MAX_VARINT_BYTES = 9  # 63 bits, enough for every count / symbol we store
-_LEN_BITS = 5  # table entries are (rank << 5) | code length
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _check_max_len(max_len: int) -> int:
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)):
-        raise ValueError(f"max_len must be an int in 1..{MAX_CODE_LEN}, got {max_len!r}")
-    max_len = int(max_len)
-    if not 1 <= max_len <= MAX_CODE_LEN:
-        raise ValueError(f"max_len must be in 1..{MAX_CODE_LEN}, got {max_len}")
-    return max_len
-
-
-def _as_symbols(symbols: np.ndarray) -> np.ndarray:
-    """Validate a symbol stream and return it flattened (integer dtype, values < 2**63)."""
-    arr = np.asarray(symbols)
-    if arr.size == 0:  # np.asarray([]) is float64; an empty stream has no values to check
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype.kind not in "biu":
-        raise ValueError(f"symbols must have an integer dtype, got {arr.dtype}")
-    arr = arr.ravel()
-    if arr.dtype.kind == "b":
-        arr = arr.view(np.uint8)
-    if arr.dtype.kind == "i" and int(arr.min()) < 0:
-        raise ValueError(f"symbols must be non-negative, got minimum {int(arr.min())}")
-    if arr.dtype == np.uint64 and int(arr.max()) > _MAX_SYMBOL:
-        raise ValueError(f"symbols must be < 2**63, got maximum {int(arr.max())}")
-    return arr
-
-
-class _Histogram:
-    """Distinct symbols of a stream, their counts and a way to gather per-symbol tables."""
-
-    def __init__(self, sym: np.ndarray) -> None:
-        vmax = int(sym.max())
-        # bincount is ~20x faster than a sort-based unique; use it whenever the dense
-        # count array stays proportional to the input.
-        self._dense = vmax < max(1 << 16, 2 * sym.size)
-        if self._dense:
-            if sym.dtype.itemsize == 8:
-                sym = sym.view(np.int64)  # values < 2**63, bincount refuses uint64
-            counts = np.bincount(sym, minlength=vmax + 1)
-            self.alphabet = np.flatnonzero(counts)
-            self.counts = counts[self.alphabet]
-            self._sym = sym
-            self._size = vmax + 1
-        else:
-            alphabet, inverse, counts = np.unique(sym, return_inverse=True, return_counts=True)
-            self.alphabet = alphabet.astype(np.uint64 if alphabet.dtype == np.uint64 else np.int64)
-            self.counts = counts
-            self._inverse = inverse.reshape(-1)
-
-    def gather(self, per_rank: np.ndarray) -> np.ndarray:
-        """Map a table indexed by alphabet rank onto the stream."""
-        if self._dense:
-            full = np.zeros(self._size, dtype=per_rank.dtype)
-            full[self.alphabet] = per_rank
-            return full[self._sym]
-        return per_rank[self._inverse]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _varints(values: np.ndarray) -> bytes:
-    """Vectorised LEB128 encoding of an array of values in ``[0, 2**63)``."""
-    v = np.asarray(values).astype(np.uint64).ravel()
-    if v.size == 0:
-        return b""
-    nb = np.ones(v.size, dtype=np.int64)
-    for j in range(1, _MAX_VARINT_BYTES):
-        nb += v >= np.uint64(1 << (7 * j))
-    starts = np.cumsum(nb) - nb
-    group = np.repeat(np.arange(v.size), nb)
-    off = np.arange(int(nb.sum()), dtype=np.int64) - starts[group]
-    byte = (v[group] >> (7 * off).astype(np.uint64)) & np.uint64(0x7F)
-    byte |= (off < nb[group] - 1).astype(np.uint64) << np.uint64(7)
-    return byte.astype(np.uint8).tobytes()
-
-
-def _unsigned_dtype_for(vmax: int) -> np.dtype:
-    for dt in (np.uint8, np.uint16, np.uint32):
-        if vmax <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    return np.dtype(np.uint64)
-
-
-def _bit_length(x: int) -> int:
-    return int(x).bit_length()
-
-
-# ----------------------------------------------------------------------------- code lengths
-
-
-def code_lengths(frequencies: np.ndarray, max_len: int = DEFAULT_MAX_LEN) -> np.ndarray:
-    """Optimal length-limited prefix-code lengths (package-merge).
-
-    Args:
-        frequencies: 1-D array of non-negative weights (integers or finite floats), one
-            per symbol. Symbols with weight 0 get no code.
-        max_len: longest allowed code, ``1..20``.
-
-    Returns:
-        ``uint8`` array of the same length: the code length of each symbol, 0 where
-        the weight is 0. With two or more used symbols the lengths satisfy Kraft's
-        equality (a complete code) and minimise ``sum(freq * length)`` subject to
-        ``length <= max_len``; a single used symbol gets length 1.
-
-    Raises:
-        ValueError: bad weights, or more than ``2**max_len`` used symbols.
-
-    Example:
-        >>> code_lengths(np.array([10, 1, 0, 1, 3])).tolist()
-        [1, 3, 0, 3, 2]
-    """
-    max_len = _check_max_len(max_len)
-    f = np.asarray(frequencies)
-    if f.ndim != 1:
-        raise ValueError(f"frequencies must be 1-D, got shape {f.shape}")
-    if f.dtype.kind not in "biuf":
-        raise ValueError(f"frequencies must be numeric, got dtype {f.dtype}")
-    if f.dtype.kind == "f" and not np.isfinite(f).all():
-        raise ValueError("frequencies must be finite")
-    if f.size and f.min() < 0:
-        raise ValueError(f"frequencies must be non-negative, got minimum {f.min()}")
-    lengths = np.zeros(f.size, dtype=np.uint8)
-    used = np.flatnonzero(f)
-    n = used.size
-    if n == 0:
-        return lengths
-    if n == 1:
-        lengths[used] = 1
-        return lengths
-    if n > 1 << max_len:
-        raise ValueError(
-            f"{n} distinct symbols need codes longer than max_len={max_len} "
-            f"(at most 2**max_len = {1 << max_len} symbols)"
-        )
-    wdtype = np.float64 if f.dtype.kind == "f" else np.int64
-    order = used[np.argsort(f[used], kind="stable")]
-    w = f[order].astype(wdtype)
-    depth = min(max_len, n - 1)  # a Huffman code for n symbols is never deeper than n-1
-
-    # Package-merge: level `depth` holds one coin per symbol; each shallower level is
-    # the coins merged with pairwise packages of the level below. We only need, per
-    # level, which entries are coins: coins of a level appear in weight order, so any
-    # prefix of a level selects the lightest symbols.
-    is_coin = [None] * (depth + 1)
-    is_coin[depth] = np.ones(n, dtype=bool)
-    level = w
-    for lev in range(depth - 1, 0, -1):
-        m = level.size // 2
-        packages = level[0 : 2 * m : 2] + level[1 : 2 * m : 2]
-        merged = np.concatenate([w, packages])
-        # stable: coins before packages of equal weight; timsort merges the two runs.
-        perm = np.argsort(merged, kind="stable")
-        level = merged[perm]
-        is_coin[lev] = perm < n
-
-    # Select the 2n-2 cheapest items of level 1; packages chosen at a level select
-    # twice as many items of the next level. A symbol's code length is the number of
-    # levels whose selection includes its coin.
-    sorted_lengths = np.zeros(n, dtype=np.int64)
-    take = 2 * n - 2
-    for lev in range(1, depth + 1):
-        coins = int(np.count_nonzero(is_coin[lev][:take]))
-        sorted_lengths[:coins] += 1
-        take = 2 * (take - coins)
-    lengths[order] = sorted_lengths
-    return lengths
-
-
-def encoded_size_bits(symbols: np.ndarray, max_len: int = DEFAULT_MAX_LEN) -> int:
-    """Payload size in bits that :func:`encode` would produce, without encoding.
-
-    Cheap (a histogram plus :func:`code_lengths`); useful to compare candidate
-    representations (e.g. index bit widths). The header -- typically a few dozen
-    bytes, ``O(alphabet + n / 4096)`` -- is not included.
-
-    Args:
-        symbols: integer array of non-negative values (flattened).
-        max_len: code length limit, as for :func:`encode`.
-
-    Returns:
-        ``sum(count[s] * length[s])`` over the distinct symbols ``s``.
-
-    Example:
-        >>> encoded_size_bits(np.array([0, 0, 0, 1]))
-        4
-    """
-    max_len = _check_max_len(max_len)
-    sym = _as_symbols(symbols)
-    if sym.size == 0:
-        return 0
-    hist = _Histogram(sym)
-    lengths = code_lengths(hist.counts, max_len)
-    return int(np.dot(hist.counts.astype(np.int64), lengths.astype(np.int64)))
-
-
-def _canonical(lengths: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical code order and left-aligned ``L``-bit code starts.
-
-    Returns:
-        ``(order, starts)``: ``order`` sorts symbols by (length, rank); ``starts[i]`` is
-        the code of ``order[i]`` shifted left to ``L`` bits. Consecutive starts differ
-        by ``2**(L - length)``, i.e. every code owns a contiguous range of the
-        ``2**L``-entry decoding table.
-    """
-    order = np.argsort(lengths, kind="stable")
-    inc = np.left_shift(np.int64(1), L - lengths[order].astype(np.int64))
-    starts = np.cumsum(inc) - inc
-    return order, starts
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -361,26 +154,52 @@ def _encode_alphabet(alphabet: np.ndarray) -> bytes:
     pairs = np.empty(2 * run_start.size, dtype=np.uint64)
     pairs[0::2] = first - prev_next
     pairs[1::2] = (run_end - run_start - 1).astype(np.uint64)
-    return _varint(run_start.size) + _varints(pairs)
-
-
-def _length_width(L: int) -> int:
-    return max(1, (L - 1).bit_length())
+    return encode_varint(run_start.size) + encode_varints(pairs)
 
 
 def _encode_lengths(lengths: np.ndarray, L: int) -> bytes:
-    w = _length_width(L)
+    w = length_width(L)
     flat = b"\x00" + pack_bits(lengths - 1, w)
     change = np.flatnonzero(np.diff(lengths)) + 1
     run_start = np.concatenate([[0], change]).astype(np.int64)
     run_len = np.diff(np.concatenate([run_start, [lengths.size]]))
     rle = (
         b"\x01"
-        + _varint(run_start.size)
+        + encode_varint(run_start.size)
         + pack_bits(lengths[run_start] - 1, w)
-        + _varints(run_len - 1)
+        + encode_varints(run_len - 1)
     )
     return rle if len(rle) < len(flat) else flat
+
+
+def _chunk_log2(chunk_size: int | None, n: int) -> int:
+    if chunk_size is None:
+        return _auto_chunk_log2(max(n, 1))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise TypeError(f"chunk_size must be None or an int, got {type(chunk_size).__name__}")
+    if (
+        chunk_size <= 0
+        or chunk_size & (chunk_size - 1)
+        or not MIN_CHUNK_LOG2 <= int(chunk_size).bit_length() - 1 <= MAX_CHUNK_LOG2
+    ):
+        raise ValueError(
+            f"chunk_size must be a power of two in {1 << MIN_CHUNK_LOG2}.."
+            f"{1 << MAX_CHUNK_LOG2}, got {chunk_size!r}"
+        )
+    return int(chunk_size).bit_length() - 1
+
+
+def _chunk_table(starts: np.ndarray, chunk: int, n: int) -> bytes:
+    """Header bytes giving the bit length of every chunk but the last."""
+    n_chunks = -(-n // chunk)
+    if n_chunks < 2:
+        return b""
+    bounds = starts[chunk : (n_chunks - 1) * chunk + 1 : chunk].astype(np.int64)
+    chunk_bits = np.diff(bounds, prepend=0)
+    base = int(chunk_bits.min())
+    width = (int(chunk_bits.max()) - base).bit_length()
+    table = encode_varint(base) + bytes([width])
+    return table + (pack_bits(chunk_bits - base, width) if width else b"")
 
 
 def encode(
@@ -403,50 +222,37 @@ def encode(
         8 bytes; a single distinct symbol costs 1 bit per symbol.
 
     Raises:
-        ValueError: non-integer dtype, negative or too large symbols, too many distinct
-            symbols for ``max_len``, or a bad ``chunk_size``.
+        TypeError: a non-integer dtype, or ``max_len`` / ``chunk_size`` not an int.
+        ValueError: negative or too large symbols, too many distinct symbols for
+            ``max_len``, or a ``chunk_size`` out of range.
 
     Example:
         >>> data = encode(np.array([5, 5, 5, 5, 9, 5, 7]))
         >>> decode(data).tolist()
         [5, 5, 5, 5, 9, 5, 7]
     """
-    max_len = _check_max_len(max_len)
-    sym = _as_symbols(symbols)
+    max_len = check_max_len(max_len)
+    sym = as_symbols(symbols)
     n = sym.size
-    if chunk_size is None:
-        chunk_log2 = _auto_chunk_log2(max(n, 1))
-    else:
-        if (
-            isinstance(chunk_size, bool)
-            or not isinstance(chunk_size, (int, np.integer))
-            or chunk_size <= 0
-            or chunk_size & (chunk_size - 1)
-            or not _MIN_CHUNK_LOG2 <= int(chunk_size).bit_length() - 1 <= _MAX_CHUNK_LOG2
-        ):
-            raise ValueError(
-                f"chunk_size must be a power of two in {1 << _MIN_CHUNK_LOG2}.."
-                f"{1 << _MAX_CHUNK_LOG2}, got {chunk_size!r}"
-            )
-        chunk_log2 = int(chunk_size).bit_length() - 1
+    chunk_log2 = _chunk_log2(chunk_size, n)
 
-    body = bytearray(_varint(n))
+    body = bytearray(encode_varint(n))
     if n == 0:
         return _seal(body)
-    hist = _Histogram(sym)
+    hist = SymbolHistogram(sym)
     k = hist.alphabet.size
     lengths = code_lengths(hist.counts, max_len)
     L = int(lengths.max())
-    body += _varint(k)
+    body += encode_varint(k)
     body.append(L)
     body += _encode_alphabet(hist.alphabet)
     if k == 1:
-        body += _varint(n)
+        body += encode_varint(n)
         body += bytes((n + 7) // 8)
         return _seal(body)
 
     body += _encode_lengths(lengths, L)
-    order, code_starts = _canonical(lengths, L)
+    order, code_starts = canonical_code(lengths, L)
     top_by_rank = np.empty(k, dtype=np.uint64)
     top_by_rank[order] = code_starts.astype(np.uint64) << np.uint64(64 - L)
     top = hist.gather(top_by_rank)
@@ -456,18 +262,8 @@ def encode(
     del top, lens
 
     body.append(chunk_log2)
-    chunk = 1 << chunk_log2
-    n_chunks = -(-n // chunk)
-    if n_chunks >= 2:
-        bounds = starts[chunk : (n_chunks - 1) * chunk + 1 : chunk].astype(np.int64)
-        chunk_bits = np.diff(bounds, prepend=0)
-        base = int(chunk_bits.min())
-        width = _bit_length(int(chunk_bits.max()) - base)
-        body += _varint(base)
-        body.append(width)
-        if width:
-            body += pack_bits(chunk_bits - base, width)
-    body += _varint(total)
+    body += _chunk_table(starts, 1 << chunk_log2, n)
+    body += encode_varint(total)
     body += payload
     return _seal(body)
 
@@ -478,216 +274,6 @@ def _seal(body: bytearray) -> bytes:
 
 
 # ----------------------------------------------------------------------------- decoder
-
-
-class _Reader:
-    """Bounds-checked cursor over the header; every failure is a CodecError."""
-
-    def __init__(self, buf: np.ndarray, pos: int) -> None:
-        self.buf = buf
-        self.pos = pos
-
-    @property
-    def remaining(self) -> int:
-        return self.buf.size - self.pos
-
-    def _truncated(self, what: str) -> CodecError:
-        return CodecError(f"truncated Huffman stream: ran out of bytes reading {what}")
-
-    def u8(self, what: str) -> int:
-        if self.pos >= self.buf.size:
-            raise self._truncated(what)
-        self.pos += 1
-        return int(self.buf[self.pos - 1])
-
-    def varint(self, what: str) -> int:
-        value = 0
-        for i in range(_MAX_VARINT_BYTES):
-            byte = self.u8(what)
-            value |= (byte & 0x7F) << (7 * i)
-            if byte < 0x80:
-                return value
-        raise CodecError(f"corrupt Huffman header: varint for {what} exceeds 9 bytes")
-
-    def varints(self, count: int, what: str) -> np.ndarray:
-        """``count`` varints as ``uint64`` (values < 2**63)."""
-        if count == 0:
-            return np.zeros(0, dtype=np.uint64)
-        if count > self.remaining:  # each varint is at least one byte
-            raise self._truncated(what)
-        window = self.buf[self.pos : self.pos + _MAX_VARINT_BYTES * count]
-        term = np.flatnonzero(window < 0x80)[:count]
-        if term.size < count:
-            if window.size == _MAX_VARINT_BYTES * count:
-                raise CodecError(f"corrupt Huffman header: varint in {what} exceeds 9 bytes")
-            raise self._truncated(what)
-        nb = np.diff(term, prepend=-1)
-        if nb.max() > _MAX_VARINT_BYTES:
-            raise CodecError(f"corrupt Huffman header: varint in {what} exceeds 9 bytes")
-        used = int(term[-1]) + 1
-        starts = term - nb + 1
-        off = np.arange(used, dtype=np.int64) - np.repeat(starts, nb)
-        parts = (window[:used] & 0x7F).astype(np.uint64) << (7 * off).astype(np.uint64)
-        self.pos += used
-        return np.bitwise_or.reduceat(parts, starts)
-
-    def take(self, nbytes: int, what: str) -> np.ndarray:
-        if nbytes > self.remaining:
-            raise self._truncated(what)
-        self.pos += nbytes
-        return self.buf[self.pos - nbytes : self.pos]
-
-    def packed(self, count: int, width: int, what: str) -> np.ndarray:
-        nbytes = (count * width + 7) // 8
-        return unpack_bits(self.take(nbytes, what), width, count)
-
-
-def _read_alphabet(rd: _Reader, k: int) -> np.ndarray:
-    runs = rd.varint("alphabet run count")
-    if not 1 <= runs <= k:
-        raise CodecError(f"corrupt Huffman header: {runs} alphabet runs for {k} symbols")
-    pairs = rd.varints(2 * runs, "alphabet runs")
-    gaps = pairs[0::2]
-    run_len = pairs[1::2] + np.uint64(1)  # < 2**63 + 1, no wrap
-    if int(run_len.max()) > k or int(run_len.sum()) != k:
-        raise CodecError(f"corrupt Huffman header: alphabet runs do not add up to {k} symbols")
-    # Largest symbol = sum(gaps) + k - 1; check it without uint64 wrap-around.
-    if int(gaps.max()) >= 1 << 40:
-        biggest = sum(int(g) for g in gaps.tolist()) + k - 1
-    else:
-        biggest = int(gaps.sum()) + k - 1
-    if biggest > _MAX_SYMBOL:
-        raise CodecError("corrupt Huffman header: alphabet symbol exceeds 2**63 - 1")
-    run_len = run_len.astype(np.int64)
-    before = np.cumsum(run_len) - run_len  # symbols in earlier runs
-    first = np.cumsum(gaps) + before.astype(np.uint64)  # first value of each run
-    return np.repeat(first - before.astype(np.uint64), run_len) + np.arange(k, dtype=np.uint64)
-
-
-def _read_lengths(rd: _Reader, k: int, L: int) -> np.ndarray:
-    w = _length_width(L)
-    mode = rd.u8("code length mode")
-    if mode == 0:
-        lengths = rd.packed(k, w, "code lengths").astype(np.int64) + 1
-    elif mode == 1:
-        runs = rd.varint("code length run count")
-        if not 1 <= runs <= k:
-            raise CodecError(f"corrupt Huffman header: {runs} code length runs for {k} symbols")
-        values = rd.packed(runs, w, "code length runs").astype(np.int64) + 1
-        run_len = rd.varints(runs, "code length runs") + np.uint64(1)
-        if int(run_len.max()) > k or int(run_len.sum()) != k:
-            raise CodecError(
-                f"corrupt Huffman header: code length runs do not add up to {k} symbols"
-            )
-        lengths = np.repeat(values, run_len.astype(np.int64))
-    else:
-        raise CodecError(f"corrupt Huffman header: unknown code length mode {mode}")
-    if int(lengths.max()) != L:
-        raise CodecError(
-            f"corrupt Huffman header: longest code is {int(lengths.max())} bits, header says {L}"
-        )
-    kraft = int(np.sum(np.left_shift(np.int64(1), L - lengths)))
-    if kraft != 1 << L:
-        state = "over-subscribed" if kraft > 1 << L else "incomplete"
-        raise CodecError(f"invalid code lengths: {state} prefix code (Kraft sum {kraft}/2**{L})")
-    return lengths
-
-
-def _read_chunks(rd: _Reader, n: int, L: int) -> tuple[int, np.ndarray]:
-    chunk_log2 = rd.u8("chunk size")
-    if not _MIN_CHUNK_LOG2 <= chunk_log2 <= _MAX_CHUNK_LOG2:
-        raise CodecError(f"corrupt Huffman header: chunk size 2**{chunk_log2} out of range")
-    chunk = 1 << chunk_log2
-    n_chunks = -(-n // chunk)
-    if n_chunks == 1:
-        return chunk, np.zeros(0, dtype=np.int64)
-    base = rd.varint("chunk table base")
-    width = rd.u8("chunk table width")
-    if width > 32:
-        raise CodecError(f"corrupt Huffman header: chunk table width {width} > 32")
-    if base > chunk * L:
-        raise CodecError("corrupt Huffman header: chunk bit length exceeds chunk * max length")
-    if width:
-        bits = rd.packed(n_chunks - 1, width, "chunk table").astype(np.int64) + base
-    else:
-        bits = np.full(n_chunks - 1, base, dtype=np.int64)
-    # Every symbol costs 1..L bits, which also keeps the decoder's reads in bounds.
-    if int(bits.min()) < chunk or int(bits.max()) > chunk * L:
-        raise CodecError("corrupt Huffman header: chunk bit length out of range")
-    return chunk, bits
-
-
-def _lockstep(
-    payload: np.ndarray,
-    total_bits: int,
-    n: int,
-    L: int,
-    lengths: np.ndarray,
-    chunk: int,
-    chunk_bits: np.ndarray,
-) -> np.ndarray:
-    """Decode all chunks in parallel; return the alphabet rank of every symbol."""
-    n_chunks = chunk_bits.size + 1
-    starts = np.zeros(n_chunks, dtype=np.int64)
-    np.cumsum(chunk_bits, out=starts[1:])
-    last_count = n - (n_chunks - 1) * chunk
-    last_bits = total_bits - int(starts[-1])
-    if not last_count <= last_bits <= last_count * L:
-        raise CodecError(
-            "corrupt Huffman stream: chunk offsets inconsistent with the payload length"
-        )
-
-    order, code_starts = _canonical(lengths, L)
-    entries = (order.astype(np.uint32) << _LEN_BITS) | lengths[order].astype(np.uint32)
-    # Kraft equality was checked, so the ranges tile exactly 2**L entries.
-    table = np.repeat(entries, np.diff(code_starts, append=1 << L))
-
-    # Reads go at most chunk * L bits past a chunk start; zero padding keeps every
-    # 8-byte window in bounds (the last chunk keeps stepping after its last symbol).
-    pad = (chunk * L + 7) // 8 + 16
-    padded = np.zeros(payload.size + pad + 8, dtype=np.uint8)
-    padded[: payload.size] = payload
-    # windows[j] = the 8 bytes starting at byte j as a big-endian integer.
-    windows = np.ndarray((payload.size + pad,), dtype=">u8", buffer=padded, strides=(1,))
-    windows = windows.astype(np.uint64)
-
-    steps = chunk if n_chunks > 1 else n
-    out = np.empty((steps, n_chunks), dtype=np.uint32)
-    pos = starts.copy()
-    pos_u = pos.view(np.uint64)
-    byte = np.empty(n_chunks, dtype=np.int64)
-    shift = np.empty(n_chunks, dtype=np.uint64)
-    peek = np.empty(n_chunks, dtype=np.uint64)
-    peek_i = peek.view(np.int64)
-    step_len = np.empty(n_chunks, dtype=np.uint32)
-    drop = np.uint64(64 - L)
-    seven = np.uint64(7)
-    last_end = -1
-    for t in range(steps):
-        np.right_shift(pos, 3, out=byte)
-        np.take(windows, byte, out=peek, mode="clip")
-        np.bitwise_and(pos_u, seven, out=shift)
-        np.left_shift(peek, shift, out=peek)
-        np.right_shift(peek, drop, out=peek)
-        row = out[t]
-        np.take(table, peek_i, out=row, mode="clip")
-        np.bitwise_and(row, 31, out=step_len)
-        np.add(pos, step_len, out=pos)
-        if t + 1 == last_count:
-            last_end = int(pos[-1])
-
-    if n_chunks > 1 and not np.array_equal(pos[:-1], starts[1:]):
-        bad = int(np.flatnonzero(pos[:-1] != starts[1:])[0])
-        raise CodecError(
-            f"corrupt Huffman payload: chunk {bad} ends at bit {int(pos[bad])}, "
-            f"expected {int(starts[bad + 1])}"
-        )
-    if last_end != total_bits:
-        raise CodecError(
-            f"corrupt Huffman payload: decoding ends at bit {last_end}, expected {total_bits}"
-        )
-    out >>= _LEN_BITS
-    return out.T
 
 
 def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
@@ -716,7 +302,7 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
         >>> decode(encode(np.array([1, 1, 2, 3]))).tolist()
         [1, 1, 2, 3]
     """
-    buf = _as_uint8(data)
+    buf = as_uint8(data)
     if buf.size < _FIXED:
         raise CodecError(
             f"truncated Huffman stream: {buf.size} bytes, the fixed header alone is {_FIXED}"
@@ -727,7 +313,7 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
         raise CodecError(f"unsupported Huffman stream version {int(buf[2])}")
     stored_crc = int.from_bytes(buf[3:_FIXED].tobytes(), "little")
 
-    rd = _Reader(buf, _FIXED)
+    rd = HeaderReader(buf, _FIXED)
     n = rd.varint("symbol count")
     if n == 0:
         _check_tail(rd, buf, stored_crc, 0)
@@ -744,29 +330,22 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     L = rd.u8("max code length")
     if not 1 <= L <= MAX_CODE_LEN or k > 1 << L or (k == 1 and L != 1):
         raise CodecError(f"corrupt Huffman header: max code length {L} for {k} symbols")
-    alphabet = _read_alphabet(rd, k)
-    dtype = _unsigned_dtype_for(int(alphabet[-1]))
+    alphabet = read_alphabet(rd, k)
+    dtype = unsigned_dtype(int(alphabet[-1]))
 
     if k == 1:
-        total_bits = rd.varint("payload bit count")
-        if total_bits != n:
-            raise CodecError(
-                f"corrupt Huffman header: {total_bits} payload bits for {n} one-bit codes"
-            )
-        payload = _check_tail(rd, buf, stored_crc, total_bits)
-        if payload.any():
-            raise CodecError("corrupt Huffman payload: non-zero bit in a single-symbol stream")
+        _check_single(rd, buf, stored_crc, n)
         return np.full(n, alphabet[0], dtype=dtype)
 
-    lengths = _read_lengths(rd, k, L)
-    chunk, chunk_bits = _read_chunks(rd, n, L)
+    lengths = read_lengths(rd, k, L)
+    chunk, chunk_bits = read_chunks(rd, n, L)
     total_bits = rd.varint("payload bit count")
     if not n <= total_bits <= n * L:
         raise CodecError(
             f"corrupt Huffman header: {total_bits} payload bits for {n} symbols of 1..{L} bits"
         )
     payload = _check_tail(rd, buf, stored_crc, total_bits)
-    ranks = _lockstep(payload, total_bits, n, L, lengths, chunk, chunk_bits)
+    ranks = lockstep(payload, total_bits, n, L, lengths, chunk, chunk_bits)
     if alphabet[0] == 0 and int(alphabet[-1]) == k - 1:  # dense alphabet: rank == symbol
         flat = ranks.astype(dtype, order="C").reshape(-1)
     else:
@@ -774,7 +353,17 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     return flat[:n]
 
 
-def _check_tail(rd: _Reader, buf: np.ndarray, stored_crc: int, total_bits: int) -> np.ndarray:
+def _check_single(rd: HeaderReader, buf: np.ndarray, stored_crc: int, n: int) -> None:
+    """Check the rest of a single-symbol stream: ``n`` zero bits."""
+    total_bits = rd.varint("payload bit count")
+    if total_bits != n:
+        raise CodecError(f"corrupt Huffman header: {total_bits} payload bits for {n} one-bit codes")
+    payload = _check_tail(rd, buf, stored_crc, total_bits)
+    if payload.any():
+        raise CodecError("corrupt Huffman payload: non-zero bit in a single-symbol stream")
+
+
+def _check_tail(rd: HeaderReader, buf: np.ndarray, stored_crc: int, total_bits: int) -> np.ndarray:
     """Check payload size, checksum and padding; return the payload bytes."""
     nbytes = (total_bits + 7) // 8
     if rd.remaining < nbytes:

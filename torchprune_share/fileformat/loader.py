@@ -1,0 +1,150 @@
+"""Loading a ``.tpsc`` file into a freshly built model of the same architecture.
+
+The file is parsed with the model's expectations (:class:`_Expected`: every name and
+shape is checked against the model before a record's body is read), turned into the
+``state_dict`` that :func:`torchprune_share.load_state_dict` takes, and loaded; the
+model changes only once the whole file has been validated.
+
+Example:
+    >>> from torchprune_share.fileformat.writer import encode_model
+    >>> net = load_compressed(nn.Linear(2, 2), encode_model(nn.Linear(2, 2)))
+    >>> type(net).__name__
+    'Linear'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointError, load_state_dict
+from ..checkpoint import bake as bake_model
+from .keys import owners, reparam_base
+from .reader import Record, parse, read_source
+from .spec import PRUNED, RAW, CompressedFileError
+
+__all__ = ["load_compressed"]
+
+
+@dataclass
+class _Expected:
+    """The tensors a file for ``model`` holds: name -> shape, by how they may be stored."""
+
+    plain: dict[str, tuple[int, ...]]  # raw records: every key not owned by a reparam
+    compressible: dict[str, tuple[int, ...]]  # pruned/shared: float parameters
+    required: set[str]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _Expected:
+        owner = owners(model)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        plain, compressible = {}, {}
+        for key, t in model.state_dict().items():
+            q = owner.get(key)
+            if q is not None:
+                module_name, _, name = q.rpartition(".")
+                module = model.get_submodule(module_name) if module_name else model
+                compressible[q] = tuple(getattr(module, name).shape)
+            elif isinstance(t, Tensor):
+                plain[key] = tuple(t.shape)
+                if key in params and t.is_floating_point():
+                    compressible[key] = tuple(t.shape)
+        required = {owner.get(key, key) for key in model.state_dict()}
+        return cls(plain, compressible, required)
+
+    def problem(self, rec: Record) -> str | None:
+        names = self.plain if rec.kind == RAW else self.compressible
+        if rec.name not in names:
+            if rec.kind == RAW and rec.name in self.compressible:
+                return "stored plain, but the model prunes or shares it; use a fresh model"
+            if rec.name in self.plain:
+                return "stored pruned or shared, but the model's tensor is no float parameter"
+            return "the model has no such tensor (a file for another architecture?)"
+        if names[rec.name] != rec.shape:
+            return f"shape {rec.shape} does not match the model's {names[rec.name]}"
+        return None
+
+
+def _state_dict(records: list[Record]) -> dict[str, Any]:
+    """The state_dict (as :func:`load_state_dict` takes it) of validated records."""
+    state: dict[str, Any] = {}
+    for rec in records:
+        if rec.kind == RAW:
+            state[rec.name] = rec.values.reshape(rec.shape)
+            continue
+        base = reparam_base(rec.name)
+        kept = torch.arange(rec.numel) if rec.positions is None else torch.from_numpy(rec.positions)
+        if rec.kind == PRUNED:
+            original = torch.zeros(rec.numel, dtype=rec.dtype)
+            mask = torch.zeros(rec.numel, dtype=torch.bool)
+            original[kept], mask[kept] = rec.values, True
+            state[f"{base}.original"] = original.reshape(rec.shape)
+            state[f"{base}.0.mask"] = mask.reshape(rec.shape)
+        else:
+            k = rec.settings["num_centroids"]
+            zero = k if rec.n_kept < rec.numel else 0  # k may not fit when nothing is pruned
+            index = torch.full((rec.numel,), zero, dtype=rec.index_dtype)
+            index[kept] = torch.from_numpy(rec.codes).to(rec.index_dtype)
+            cb_shape = (rec.rows, k) if rec.settings["granularity"] == "per_channel" else (k,)
+            state[f"{base}.original"] = rec.codebook.reshape(cb_shape).to(rec.dtype)
+            state[f"{base}.0.index"] = index.reshape(rec.shape)
+            state[f"{base}.0._extra_state"] = dict(rec.settings)
+    return state
+
+
+def load_compressed(
+    model: nn.Module, path: str | Path | BinaryIO | bytes, *, bake: bool = False
+) -> nn.Module:
+    r"""Load a compressed file into a freshly built model of the same architecture.
+
+    The model becomes pruned and shared exactly as the saved one (same
+    reparametrizations and settings, trainable codebooks) and computes bitwise the same
+    outputs; a pruned tensor's ``original`` is zero where the mask is ``False`` (the
+    file does not store pruned values). The whole file is checked (checksum, version,
+    every tensor's name, shape and streams) before the model changes: on any problem a
+    :class:`CompressedFileError` says what and where, and the model is left as it was.
+    Reading never unpickles anything.
+
+    Args:
+        model (nn.Module): the model to load into (changed in place).
+        path (str, Path, binary file or bytes): the file, or its contents.
+        bake (bool): give plain ``nn.Parameter`` weights of the same values instead of
+            reparametrizations. Default: False.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        TypeError: ``model``, ``path`` or ``bake`` of the wrong type.
+        CompressedFileError: the file is malformed or does not fit the model.
+
+    Example:
+        >>> from torchprune_share import level_prune, register_weight_sharing
+        >>> from torchprune_share.fileformat import load_compressed, save_compressed
+        >>> net = nn.Sequential(nn.Linear(64, 32))
+        >>> _ = register_weight_sharing(level_prune(net[0], amount=0.9), bits=3)
+        >>> _ = save_compressed(net, "/tmp/net.tpsc")
+        >>> fresh = load_compressed(nn.Sequential(nn.Linear(64, 32)), "/tmp/net.tpsc")
+        >>> torch.equal(fresh[0].weight, net[0].weight)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(bake, bool):
+        raise TypeError(f"bake must be a bool, got {type(bake).__name__}")
+    expected = _Expected.of(model)
+    records, _ = parse(read_source(path), expected.problem)
+    missing = sorted(expected.required - {r.name for r in records})
+    if missing:
+        raise CompressedFileError(f"the file lacks tensors the model has: {missing}")
+    try:
+        load_state_dict(model, _state_dict(records))
+    except CheckpointError as err:
+        raise CompressedFileError(str(err)) from err
+    if bake:
+        bake_model(model)
+    return model
