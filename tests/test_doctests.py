@@ -10,23 +10,21 @@ import pytest
 import torch
 from torch import nn
 
-MODULES = [
-    "analysis",
-    "checkpoint",
-    "codec.bitpack",
-    "codec.huffman",
-    "data",
-    "fileformat",
-    "kmeans",
-    "models",
-    "parametrizations",
-    "policies",
-    "pruning",
-    "schedules",
-    "sharing",
-    "summary",
-    "training",
-]
+def _modules() -> list[str]:
+    """Every module of the package (sub-packages included), as ``a.b`` under the package."""
+    import pkgutil
+
+    import torchprune_share
+
+    names = []
+    for info in pkgutil.walk_packages(torchprune_share.__path__, "torchprune_share."):
+        name = info.name.removeprefix("torchprune_share.")
+        if name.split(".")[-1] != "__main__":
+            names.append(name)
+    return sorted(names)
+
+
+MODULES = _modules()
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -40,4 +38,4 @@ def test_docstring_examples(name: str, tmp_path, monkeypatch) -> None:
         report=False,
     )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
-    assert result.attempted > 0 or name == "training"
+    assert result.attempted > 0, f"torchprune_share.{name} has no docstring example"
