@@ -42,6 +42,7 @@ from .. import (
     recommend_bits,
     recommend_sparsities,
 )
+from ..atomic import atomic_write_text
 from ..training import evaluate
 from .data import BatchLoader, Splits, load_digits, load_mnist, make_loaders
 from .models import build_model
@@ -299,6 +300,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "seconds": run.seconds,
         "total_seconds": round(time.perf_counter() - start, 1),
     }
-    (run.out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    atomic_write_text(run.out / "results.json", json.dumps(result, indent=2, default=str))
     result["table"] = _table(run, result, report)
     return result
