@@ -41,9 +41,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 from tqdm import tqdm
 
+from .config import SharingConfig
 from .parametrizations import PruningMask, WeightSharing, cluster, get_reparametrization
 from .pruning import _torch_hook, compressible_state, level_mask
-from .sharing import INITS, METHODS
+from .sharing import changed_settings, sharing_config
 
 __all__ = [
     "BitLevels",
@@ -328,6 +329,8 @@ class BitLevels(LevelKind):
         method (str): k-means method.
         seed (int, optional): seed of a fresh generator for every point (random inits),
             so that results do not depend on the order or the rank that computes them.
+        config (SharingConfig, optional): the settings as one object (its ``bits`` is
+            ignored: each level sets it), in place of the four above.
 
     Example:
         >>> v = torch.tensor([0.1, 0.2, 0.9, 1.0])
@@ -347,19 +350,37 @@ class BitLevels(LevelKind):
         init: str = "linear",
         method: str = "lloyd",
         seed: int | None = None,
+        *,
+        config: SharingConfig | None = None,
     ) -> None:
-        if granularity not in ("per_tensor", "per_channel"):
-            raise ValueError(
-                f"granularity must be 'per_tensor' or 'per_channel', got {granularity!r}"
-            )
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
-            raise ValueError(f"channel_axis must be an int, got {channel_axis!r}")
-        self.granularity, self.channel_axis = granularity, int(channel_axis)
-        self.init, self.method, self.seed = init, method, seed
+        # bits is a placeholder: each level sets its own.
+        self.config = sharing_config(
+            config,
+            {
+                "granularity": granularity,
+                "channel_axis": channel_axis,
+                "init": init,
+                "method": method,
+            }
+            if config is None
+            else changed_settings(
+                {
+                    "granularity": granularity,
+                    "channel_axis": channel_axis,
+                    "init": init,
+                    "method": method,
+                }
+            ),
+        )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        self.seed = seed
+
+    # The settings, read from the config.
+    granularity = property(lambda self: self.config.granularity)
+    channel_axis = property(lambda self: self.config.channel_axis)
+    init = property(lambda self: self.config.init)
+    method = property(lambda self: self.config.method)
 
     def normalize(self, levels: Iterable[Any]) -> list[Any]:
         levels = list(levels)
@@ -376,24 +397,9 @@ class BitLevels(LevelKind):
 
     def transform(self, value: Tensor, keep: Tensor, level: int) -> Tensor:
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-        codebook, index = cluster(
-            value,
-            keep,
-            bits=level,
-            granularity=self.granularity,
-            channel_axis=self.channel_axis,
-            init=self.init,
-            method=self.method,
-            generator=generator,
-        )
-        sharing = WeightSharing(
-            index,
-            codebook,
-            bits=level,
-            granularity=self.granularity,
-            channel_axis=self.channel_axis,
-            cache_index=False,
-        )
+        config = self.config.replace(bits=level)
+        codebook, index = cluster(value, keep, config=config, generator=generator)
+        sharing = WeightSharing(index, codebook, config=config, cache_index=False)
         return sharing(codebook)
 
 

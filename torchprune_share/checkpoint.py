@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
+from .config import SharingConfig
 from .parametrizations import (
-    GRANULARITIES,
     PruningMask,
     WeightSharing,
     _register,
@@ -205,28 +205,43 @@ def _dense_shape(module: nn.Module, name: str) -> torch.Size | None:
 _SHARING_SETTINGS = ("bits", "granularity", "channel_axis", "init", "method", "num_centroids")
 
 
-def _check_sharing_settings(q: str, extra: object, dim: int) -> None:
-    """Raise :class:`CheckpointError` unless ``extra`` is a valid WeightSharing extra state."""
+def sharing_state(q: str, extra: object, dim: int) -> tuple[SharingConfig, int]:
+    """The config and centroid count of a checkpoint's sharing state, validated.
+
+    Args:
+        q (str): the tensor's qualified name, for messages.
+        extra (object): the ``..._extra_state`` entry (a dict of settings).
+        dim (int): the dense tensor's number of dimensions.
+
+    Returns:
+        ``(config, num_centroids)``.
+
+    Raises:
+        CheckpointError: naming ``q``, for any malformed or out-of-range setting.
+
+    Example:
+        >>> extra = {"bits": 2, "granularity": "per_tensor", "channel_axis": 0,
+        ...          "init": "linear", "method": "lloyd", "num_centroids": 4}
+        >>> sharing_state("fc.weight", extra, 2)[1]
+        4
+    """
     if not isinstance(extra, Mapping) or any(key not in extra for key in _SHARING_SETTINGS):
         raise CheckpointError(
             f"tensor {q!r}: malformed sharing settings {extra!r}; expected a dict with keys "
             f"{list(_SHARING_SETTINGS)}"
         )
-    ints = ("bits", "channel_axis", "num_centroids")
-    if any(isinstance(extra[key], bool) or not isinstance(extra[key], int) for key in ints):
-        raise CheckpointError(f"tensor {q!r}: sharing settings {ints} must be ints, got {extra!r}")
-    if extra["granularity"] not in GRANULARITIES:
+    try:
+        config = SharingConfig.from_mapping({k: extra[k] for k in _SHARING_SETTINGS[:-1]})
+        config.check_tensor(dim)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"tensor {q!r}: {err}") from None
+    k = extra["num_centroids"]
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2**config.bits:
         raise CheckpointError(
-            f"tensor {q!r}: granularity must be one of {GRANULARITIES}, got {extra['granularity']!r}"
+            f"tensor {q!r}: num_centroids must be an int in [0, 2**bits = {2**config.bits}], "
+            f"got {k!r}"
         )
-    if extra["num_centroids"] < 0:
-        raise CheckpointError(
-            f"tensor {q!r}: num_centroids must be >= 0, got {extra['num_centroids']}"
-        )
-    if extra["granularity"] == "per_channel" and not -dim <= extra["channel_axis"] < dim:
-        raise CheckpointError(
-            f"tensor {q!r}: channel_axis must be in [{-dim}, {dim - 1}], got {extra['channel_axis']}"
-        )
+    return config, int(k)
 
 
 def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Module:
@@ -253,8 +268,7 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
         ]
     else:
         index, codebook = sd[e.keys["0.index"]], sd[e.keys["original"]]
-        extra = sd[e.keys["0._extra_state"]]
-        _check_sharing_settings(q, extra, len(shape))
+        config, k = sharing_state(q, sd[e.keys["0._extra_state"]], len(shape))
         bad = [] if index.shape == shape else [("index", index.shape)]
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
             raise CheckpointError(
@@ -264,8 +278,7 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
             raise CheckpointError(
                 f"tensor {q!r}: codebook must be a floating-point tensor, got {codebook.dtype}"
             )
-        k = int(extra["num_centroids"])
-        want = (k,) if extra["granularity"] == "per_tensor" else (shape[extra["channel_axis"]], k)
+        want = (k,) if config.granularity == "per_tensor" else (shape[config.channel_axis], k)
         if tuple(codebook.shape) != want:
             bad.append(("codebook", codebook.shape))
         if index.numel() and (int(index.min()) < 0 or int(index.max()) > k):
@@ -347,20 +360,17 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
             elif e.kind == "mask":
                 _register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
             else:
-                extra = dict(state_dict[e.keys["0._extra_state"]])
+                dim = getattr(module, e.name).dim()
+                config, k = sharing_state(q, state_dict[e.keys["0._extra_state"]], dim)
                 codebook = state_dict[e.keys["original"]]
                 index = state_dict[e.keys["0.index"]]
                 if index.dtype not in (torch.uint8, torch.int32):
                     # e.g. int16 from another writer: DDP cannot broadcast it (index_dtype).
-                    index = index.to(index_dtype(int(extra["num_centroids"])))
+                    index = index.to(index_dtype(k))
                 sharing = WeightSharing(
                     index.to(device).clone(),
                     codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
-                    bits=extra["bits"],
-                    granularity=extra["granularity"],
-                    channel_axis=extra["channel_axis"],
-                    init=extra["init"],
-                    method=extra["method"],
+                    config=config,
                 )
                 _register(module, e.name, sharing, unsafe=True)
     model.load_state_dict(state_dict, strict=True)

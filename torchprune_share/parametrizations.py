@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import kmeans
+from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
+from .config import SharingConfig
 
 __all__ = [
     "PruningMask",
@@ -40,7 +42,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GRANULARITIES = ("per_tensor", "per_channel")
+
+def _describe(x: object) -> str:
+    return f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
 
 
 class PruningMask(nn.Module):
@@ -182,27 +186,49 @@ class WeightSharing(nn.Module):
         index: Tensor,
         codebook: Tensor | None = None,
         *,
-        bits: int,
+        bits: int | None = None,
         granularity: str = "per_tensor",
         channel_axis: int = 0,
         init: str = "linear",
         method: str = "lloyd",
         cache_index: bool = True,
+        config: SharingConfig | None = None,
     ) -> None:
         super().__init__()
+        if config is None:
+            if bits is None:
+                raise TypeError("WeightSharing needs bits= or config=")
+            config = SharingConfig(
+                bits=bits,
+                granularity=granularity,
+                channel_axis=channel_axis,
+                init=init,
+                method=method,
+            )
+        elif not isinstance(config, SharingConfig):
+            raise TypeError(f"config must be a SharingConfig, got {type(config).__name__}")
+        if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex():
+            raise TypeError(f"index must be an integer tensor, got {_describe(index)}")
+        if codebook is not None and not (
+            isinstance(codebook, Tensor) and codebook.is_floating_point()
+        ):
+            raise TypeError(f"codebook must be a floating-point tensor, got {_describe(codebook)}")
         self.register_buffer("index", index)
+        self.config = config
         # The zero code is the number of centroids; kept here (and in the extra state)
         # because right_inverse does not see the codebook.
         self.num_centroids = int(codebook.shape[-1]) if codebook is not None else 0
-        self.bits = bits
-        self.granularity = granularity
-        self.channel_axis = channel_axis
-        self.init = init
-        self.method = method
         self.cache_index = cache_index
         self._pending_codebook = codebook
         self._cache: Tensor | None = None
         self._cache_key: tuple | None = None
+
+    # The settings, read from the config (replace the config to change them).
+    bits = property(lambda self: self.config.bits, doc="The sharing width.")
+    granularity = property(lambda self: self.config.granularity, doc="Codebook granularity.")
+    channel_axis = property(lambda self: self.config.channel_axis, doc="The channel axis.")
+    init = property(lambda self: self.config.init, doc="k-means initialisation.")
+    method = property(lambda self: self.config.method, doc="k-means method.")
 
     # -- state that must survive state_dict() ------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
@@ -216,8 +242,9 @@ class WeightSharing(nn.Module):
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        for key in ("bits", "granularity", "channel_axis", "init", "method", "num_centroids"):
-            setattr(self, key, state[key])
+        settings = {k: state[k] for k in ("bits", "granularity", "channel_axis", "init", "method")}
+        self.config = SharingConfig.from_mapping(settings, base=self.config)
+        self.num_centroids = int(state["num_centroids"])
 
     def extra_repr(self) -> str:
         return (
@@ -302,15 +329,7 @@ class WeightSharing(nn.Module):
         if self._pending_codebook is not None:
             codebook, self._pending_codebook = self._pending_codebook, None
             return codebook.to(dtype=value.dtype, device=value.device)
-        codebook, index = cluster(
-            value,
-            self.kept(),
-            bits=self.bits,
-            granularity=self.granularity,
-            channel_axis=self.channel_axis,
-            init=self.init,
-            method=self.method,
-        )
+        codebook, index = cluster(value, self.kept(), config=self.config)
         self.set_index(index, codebook.shape[-1])
         return codebook
 
@@ -340,11 +359,12 @@ def cluster(
     weight: Tensor,
     mask: Tensor | None,
     *,
-    bits: int,
+    bits: int | None = None,
     granularity: str = "per_tensor",
     channel_axis: int = 0,
     init: str = "linear",
     method: str = "lloyd",
+    config: SharingConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cluster the kept entries of ``weight`` into a codebook and an index.
@@ -358,6 +378,7 @@ def cluster(
         channel_axis (int): the channel dimension for ``"per_channel"``.
         init (str): see :func:`torchprune_share.kmeans.kmeans1d`.
         method (str): see :func:`torchprune_share.kmeans.kmeans1d`.
+        config (SharingConfig, optional): all of the above in one object, in place of them.
         generator (torch.Generator, optional): randomness for random inits.
 
     Returns:
@@ -370,6 +391,14 @@ def cluster(
         >>> cb, idx
         (tensor([0.1500, 0.9500]), tensor([0, 0, 1, 1], dtype=torch.uint8))
     """
+    if config is None:
+        if bits is None:
+            raise TypeError("cluster needs bits= or config=")
+        config = SharingConfig(
+            bits=bits, granularity=granularity, channel_axis=channel_axis, init=init, method=method
+        )
+    bits, granularity, channel_axis = config.bits, config.granularity, config.channel_axis
+    init, method = config.init, config.method
     if mask is None:
         mask = torch.ones_like(weight, dtype=torch.bool)
     # Boolean gathers and scatters of tens of millions of entries cost as much as the

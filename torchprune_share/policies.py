@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from .analysis import ScanResult, default_parameter_names, resolve_tensor
-from .parametrizations import GRANULARITIES, PruningMask, WeightSharing, get_reparametrization
+from .config import SharingConfig
+from .parametrizations import PruningMask, WeightSharing, get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
 from .schedules import ConstantSchedule, SparsitySchedule
-from .sharing import INITS, METHODS, recluster, register_weight_sharing
+from .sharing import changed_settings, recluster, register_weight_sharing, sharing_config
 
 __all__ = ["LevelPruner", "Quantizer", "recommend_bits", "recommend_sparsities"]
 
@@ -328,25 +329,33 @@ class LevelPruner:
         return f"LevelPruner({self.options!r})"
 
 
-_SHARING_KEYS = ("init", "method", "granularity", "channel_axis", "cache_index", "generator")
+# Settings of an option that are no SharingConfig field: how the tensor is held and built.
+_RUNTIME_KEYS = ("cache_index", "generator")
 
 
-def _sharing_errors(kwargs: Mapping[str, Any]) -> list[str]:
-    bad = []
-    unknown = sorted(set(kwargs) - set(_SHARING_KEYS))
-    if unknown:
-        bad.append(f"unknown settings {unknown} (expected some of {list(_SHARING_KEYS)})")
-    checks = (("init", INITS), ("method", METHODS), ("granularity", GRANULARITIES))
-    for key, allowed in checks:
-        if key in kwargs and kwargs[key] not in allowed:
-            bad.append(f"{key} must be one of {allowed}, got {kwargs[key]!r}")
-    axis = kwargs.get("channel_axis", 0)
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        bad.append(f"channel_axis must be an int, got {axis!r}")
-    gen = kwargs.get("generator")
+def _option_config(
+    base: SharingConfig, bits: object, settings: object
+) -> tuple[SharingConfig, dict[str, Any]]:
+    """The config and runtime settings of one Quantizer option (raises TypeError/ValueError)."""
+    if isinstance(bits, SharingConfig):
+        if settings:
+            raise TypeError("an option with a SharingConfig takes no settings dict")
+        return bits, {}
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
+    runtime = {k: settings[k] for k in _RUNTIME_KEYS if k in settings}
+    _check_runtime(runtime)
+    fields = {k: v for k, v in settings.items() if k not in _RUNTIME_KEYS}
+    return SharingConfig.from_mapping({**fields, "bits": bits}, base=base), runtime
+
+
+def _check_runtime(runtime: Mapping[str, Any]) -> None:
+    gen = runtime.get("generator")
     if gen is not None and not isinstance(gen, torch.Generator):
-        bad.append(f"generator must be a torch.Generator, got {type(gen).__name__}")
-    return bad
+        raise TypeError(f"generator must be a torch.Generator, got {type(gen).__name__}")
+    cache = runtime.get("cache_index", True)
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache_index must be a bool, got {type(cache).__name__}")
 
 
 class Quantizer:
@@ -387,22 +396,18 @@ class Quantizer:
         cache_index: bool = True,
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
+        config: SharingConfig | None = None,
     ) -> None:
-        defaults = {
-            "init": init,
-            "method": method,
-            "granularity": granularity,
-            "channel_axis": channel_axis,
-            "cache_index": cache_index,
-            "generator": generator,
-        }
-        errors = _sharing_errors(defaults)
-        if errors:
-            raise ValueError("Quantizer settings: " + "; ".join(errors))
+        loose = {"init": init, "method": method, "granularity": granularity}
+        loose["channel_axis"] = channel_axis
+        base = sharing_config(config, loose if config is None else changed_settings(loose))
+        runtime_defaults = {"cache_index": cache_index, "generator": generator}
+        _check_runtime(runtime_defaults)
         entries = _entries(options, "Quantizer")
         bad: list[str] = []
         _check_names(entries, bad)
         self.options: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.configs: dict[str, SharingConfig] = {}
         for entry in entries:
             if len(entry) not in (2, 3):
                 bad.append(f"{entry!r}: expected (name, bits) or (name, bits, settings)")
@@ -410,19 +415,21 @@ class Quantizer:
             name, bits = entry[0], entry[1]
             if not isinstance(name, str):
                 continue  # reported by _check_names
-            settings = entry[2] if len(entry) == 3 else {}
-            if (
-                isinstance(bits, bool)
-                or not isinstance(bits, numbers.Integral)
-                or not 1 <= bits <= 16
-            ):
-                bad.append(f"{name!r}: bits must be an int in [1, 16], got {bits!r}")
+            try:
+                cfg, runtime = _option_config(base, bits, entry[2] if len(entry) == 3 else {})
+            except (TypeError, ValueError) as err:
+                bad.append(f"{name!r}: {err}")
                 continue
-            if not isinstance(settings, Mapping):
-                bad.append(f"{name!r}: settings must be a dict, got {settings!r}")
-                continue
-            bad.extend(f"{name!r}: {e}" for e in _sharing_errors(settings))
-            self.options[name] = (int(bits), {**defaults, **settings})
+            self.configs[name] = cfg
+            settings = {
+                "init": cfg.init,
+                "method": cfg.method,
+                "granularity": cfg.granularity,
+                "channel_axis": cfg.channel_axis,
+                **runtime_defaults,
+                **runtime,
+            }
+            self.options[name] = (cfg.bits, settings)
         _raise_bad("Quantizer", bad)
         if model is not None:
             self.targets(model)
@@ -475,25 +482,26 @@ class Quantizer:
             True
         """
         bad, plan = [], self.targets(model)
-        for q, module, name, _, settings in plan:
+        for q, module, name, _, _ in plan:
             try:
                 value, _ = compressible_state(module, name)
+                self._config_of(q).check_tensor(value.dim())
             except (TypeError, ValueError) as err:
                 bad.append(f"{q!r}: {err}")
-                continue
-            axis = settings["channel_axis"]
-            if settings["granularity"] == "per_channel" and not -value.dim() <= axis < max(
-                value.dim(), 1
-            ):
-                bad.append(f"{q!r}: channel_axis {axis} out of range for a {value.dim()}-D tensor")
         _raise_bad("Quantizer", bad)
         for q, module, name, bits, settings in plan:
+            config = self._config_of(q)
+            runtime = {k: settings[k] for k in _RUNTIME_KEYS}
             if isinstance(get_reparametrization(module, name), WeightSharing):
-                recluster(module, name, bits=bits, **settings)
+                recluster(module, name, config=config, **runtime)
             else:
-                register_weight_sharing(module, name, bits, **settings)
+                register_weight_sharing(module, name, config=config, **runtime)
             logger.debug("%s shared at %d bits", q, bits)
         return model
+
+    def _config_of(self, qualified: str) -> SharingConfig:
+        """The config of a target: its own option's, else the ``"*"`` default's."""
+        return self.configs.get(qualified, self.configs.get(DEFAULT))  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         widths = {q: b for q, (b, _) in self.options.items()}
