@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-MODULES = ["config"]
+MODULES = ["compat", "config", "names", "state"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -28,7 +28,6 @@ import itertools
 import logging
 import math
 import numbers
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,13 +37,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import prune
 from tqdm import tqdm
 
 from .config import SharingConfig
-from .parametrizations import PruningMask, WeightSharing, cluster, get_reparametrization
-from .pruning import _torch_hook, compressible_state, level_mask
+from .names import (
+    default_parameter_names,
+    expand_default_names,
+    named_tensors,
+    resolve_tensor,
+)
+from .parametrizations import WeightSharing, cluster
+from .pruning import compressible_state, level_mask
 from .sharing import changed_settings, sharing_config
+from .state import FOREIGN, MASKED, SHARED, TORCH_PRUNED, TensorState
 
 __all__ = [
     "BitLevels",
@@ -65,150 +71,6 @@ logger = logging.getLogger(__name__)
 
 Metrics = dict[str, float]
 Evaluator = Callable[[nn.Module], Metrics]
-
-_REPARAM_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.original\d*$")
-
-
-# -- tensor names -------------------------------------------------------------------------
-def _split(qualified: str) -> tuple[str, str]:
-    prefix, _, name = qualified.rpartition(".")
-    return prefix, name
-
-
-def named_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """List the model's parameters under their user-facing names, in module order.
-
-    A reparametrized ``fc1.weight`` (``fc1.parametrizations.weight.original``) and a
-    ``torch.nn.utils.prune``-pruned one (``fc1.weight_orig``) are both listed as
-    ``"fc1.weight"``; within a module such tensors come first (as weights do in
-    ``nn.Linear``), so the order does not change when a model is compressed. Tied
-    parameters appear once.
-
-    Args:
-        model (nn.Module): the model.
-
-    Returns:
-        ``(qualified_name, module, name)`` tuples.
-
-    Example:
-        >>> from torchprune_share import level_prune
-        >>> net = nn.Sequential(nn.Linear(4, 3))
-        >>> _ = level_prune(net[0], "weight", amount=0.5)
-        >>> [q for q, _, _ in named_tensors(net)]
-        ['0.weight', '0.bias']
-    """
-    out, seen, skip = [], set(), set()
-    for mod_name, module in model.named_modules():
-        if id(module) in skip:
-            continue
-        compressed, plain = [], []
-        if parametrize.is_parametrized(module):
-            skip.update(id(m) for m in module.parametrizations.modules())
-            for name, chain in module.parametrizations.items():
-                compressed.append((name, getattr(chain, "original", None)))
-        for pname, param in module._parameters.items():
-            if param is None:
-                continue
-            base = pname[: -len("_orig")]
-            if pname.endswith("_orig") and _torch_hook(module, base) is not None:
-                compressed.append((base, param))
-            else:
-                plain.append((pname, param))
-        for name, tensor in compressed + plain:
-            key = id(tensor) if tensor is not None else (id(module), name)
-            if key in seen:
-                continue
-            seen.add(key)
-            out.append((f"{mod_name}.{name}" if mod_name else name, module, name))
-    return out
-
-
-def resolve_tensor(model: nn.Module, qualified: str) -> tuple[nn.Module, str]:
-    """Resolve a user-facing tensor name such as ``"fc1.weight"`` to ``(module, name)``.
-
-    Also accepts the internal names ``"fc1.parametrizations.weight.original"`` and
-    ``"fc1.weight_orig"``.
-
-    Args:
-        model (nn.Module): the model.
-        qualified (str): module path and tensor name, joined by a dot.
-
-    Returns:
-        ``(module, name)`` with ``getattr(module, name)`` the tensor.
-
-    Raises:
-        ValueError: if the model has no such floating-point tensor.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(4, 3))
-        >>> resolve_tensor(net, "0.weight")[1]
-        'weight'
-    """
-    if not isinstance(qualified, str):
-        raise ValueError(f"a tensor name must be a str, got {type(qualified).__name__}")
-    m = _REPARAM_NAME.match(qualified)
-    if m:
-        qualified = m["prefix"] + m["name"]
-    prefix, name = _split(qualified)
-    try:
-        module = model.get_submodule(prefix) if prefix else model
-    except AttributeError:
-        raise ValueError(f"{qualified!r}: the model has no module {prefix!r}") from None
-    if name.endswith("_orig") and _torch_hook(module, name[: -len("_orig")]) is not None:
-        name = name[: -len("_orig")]
-    if (
-        (name in module._parameters and module._parameters[name] is not None)
-        or parametrize.is_parametrized(module, name)
-        or _torch_hook(module, name) is not None
-    ):
-        if not _peek(module, name)[1].is_floating_point:
-            raise ValueError(f"{qualified!r} is not a floating-point tensor")
-        return module, name
-    raise ValueError(
-        f"{qualified!r}: {type(module).__name__} has no parameter {name!r}; expected one of "
-        f"{sorted(q for q, _, _ in named_tensors(module))}"
-    )
-
-
-def default_parameter_names(model: nn.Module) -> list[str]:
-    """The tensors scanned and compressed by default: every floating-point weight of dim >= 2.
-
-    Shapes are those of the effective tensors (a shared weight counts with its own shape,
-    not its codebook's), so convolution and linear weights are in, biases and norms out.
-
-    Args:
-        model (nn.Module): the model.
-
-    Returns:
-        User-facing names in ``named_parameters`` order.
-
-    Example:
-        >>> default_parameter_names(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)))
-        ['0.weight']
-    """
-    names = []
-    for qualified, module, name in named_tensors(model):
-        shape, dtype = _peek(module, name)
-        if dtype.is_floating_point and len(shape) >= 2:
-            names.append(qualified)
-    return names
-
-
-def _peek(module: nn.Module, name: str) -> tuple[torch.Size, torch.dtype]:
-    """Shape and dtype of ``module.<name>`` without computing a reparametrized value."""
-    reparam = get_reparametrization(module, name)
-    if isinstance(reparam, WeightSharing):
-        return reparam.index.shape, module.parametrizations[name].original.dtype
-    if isinstance(reparam, PruningMask):
-        original = module.parametrizations[name].original
-        return original.shape, original.dtype
-    if parametrize.is_parametrized(module, name):  # a foreign parametrization: compute it
-        t = getattr(module, name)
-    elif _torch_hook(module, name) is not None:
-        t = getattr(module, name + "_orig")
-    else:
-        t = module._parameters[name]
-    return t.shape, t.dtype
 
 
 # -- level kinds ------------------------------------------------------------------------
@@ -791,23 +653,24 @@ class _Slot:
         self.module, self.name = module, name
         self.written = False
         self.override: _Constant | None = None
+        state = TensorState.of(module, name)
+        self.param = state.parameter()
         with torch.no_grad():
-            if parametrize.is_parametrized(module, name):
+            if state.kind == FOREIGN:
+                # Scan its output, which may alias state.
                 self.mode = "parametrized"
-                if get_reparametrization(module, name) is not None:
-                    # A fresh tensor (mask * original, or the gathered codebook).
-                    self.value, self.keep = compressible_state(module, name)
-                else:  # a foreign parametrization: scan its output, which may alias state
-                    self.value = getattr(module, name).detach().clone()
-                    self.keep = torch.ones_like(self.value, dtype=torch.bool)
-            elif _torch_hook(module, name) is not None:
+                self.value = state.value().clone()
+                self.keep = torch.ones_like(self.value, dtype=torch.bool)
+            elif state.kind in (MASKED, SHARED):
+                # A fresh tensor (mask * original, or the gathered codebook).
+                self.mode = "parametrized"
+                self.value, self.keep = compressible_state(module, name)
+            elif state.kind == TORCH_PRUNED:
                 self.mode = "hook"
-                value, self.keep = compressible_state(module, name)
-                self.value = value
-                self.orig = getattr(module, name + "_orig")
+                self.value, self.keep = compressible_state(module, name)
                 self.mask = getattr(module, name + "_mask")
                 self.saved = (
-                    self.orig.detach().clone(),
+                    self.param.detach().clone(),
                     self.mask.clone(),
                     module.__dict__.get(name),
                 )
@@ -825,10 +688,10 @@ class _Slot:
                 else:
                     self.override.value = new
             elif self.mode == "hook":
-                self.orig.detach().copy_(new)
+                self.param.detach().copy_(new)
                 self.mask.fill_(1)
             else:
-                self.module._parameters[self.name].detach().copy_(new)
+                self.param.detach().copy_(new)
         self.written = True
 
     def restore(self) -> None:
@@ -845,23 +708,13 @@ class _Slot:
                 self.override = None
             elif self.mode == "hook":
                 orig, mask, attr = self.saved
-                self.orig.detach().copy_(orig)
+                self.param.detach().copy_(orig)
                 self.mask.copy_(mask)
                 if attr is not None:
                     setattr(self.module, self.name, attr)
             else:
-                self.module._parameters[self.name].detach().copy_(self.value)
+                self.param.detach().copy_(self.value)
         self.written = False
-
-
-def expand_default_names(model: nn.Module, names: list[str]) -> list[str]:
-    """Replace ``"*"`` by the default tensors that are not named explicitly."""
-    if "*" not in names:
-        return names
-    i = names.index("*")
-    explicit = set(names[:i] + names[i + 1 :])
-    defaults = [q for q in default_parameter_names(model) if q not in explicit]
-    return names[:i] + defaults + names[i + 1 :]
 
 
 def _evaluate(evaluate: Evaluator, model: nn.Module) -> Metrics:

@@ -9,7 +9,6 @@ checkpoint loads with ``strict=True`` semantics.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,15 +16,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
+from .compat import prune_hook, prune_hooks
 from .config import SharingConfig
+from .names import HOOK_KEY, REPARAM_KEY, dense_name, join
 from .parametrizations import (
     PruningMask,
     WeightSharing,
-    _register,
     get_reparametrization,
     index_dtype,
+    register,
 )
-from .pruning import _torch_hook
+from .state import TensorState
 
 __all__ = [
     "CheckpointError",
@@ -34,9 +35,6 @@ __all__ = [
     "load_state_dict",
     "torch_pruned_tensors",
 ]
-
-_REPARAM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$")
-_HOOK_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)_(?P<kind>orig|mask)$")
 
 
 class CheckpointError(ValueError):
@@ -78,7 +76,7 @@ def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.M
         for name in list(module.parametrizations):
             reparam = get_reparametrization(module, name)
             if reparam is not None:
-                found.append((f"{mod_name}.{name}" if mod_name else name, module, name, reparam))
+                found.append((join(mod_name, name), module, name, reparam))
     return found
 
 
@@ -99,14 +97,9 @@ def torch_pruned_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         ['0.weight']
     """
     return [
-        (
-            f"{mod_name}.{hook._tensor_name}" if mod_name else hook._tensor_name,
-            module,
-            hook._tensor_name,
-        )
+        (join(mod_name, name), module, name)
         for mod_name, module in model.named_modules()
-        for hook in list(module._forward_pre_hooks.values())
-        if isinstance(hook, prune.BasePruningMethod)
+        for name in prune_hooks(module)
     ]
 
 
@@ -134,10 +127,10 @@ def bake(model: nn.Module) -> nn.Module:
         True
     """
     for _, module, name, _ in compressed_tensors(model):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        TensorState.of(module, name).to_plain()
         getattr(module, name).grad = None
     for _, module, name in torch_pruned_tensors(model):
-        prune.remove(module, name)
+        TensorState.of(module, name).to_plain()
         getattr(module, name).grad = None
     return model
 
@@ -157,12 +150,12 @@ class _Entry:
 def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
     entries: dict[str, _Entry] = {}
     for key in state_dict:
-        m = _REPARAM_KEY.match(key)
+        m = REPARAM_KEY.match(key)
         if m:
             e = entries.setdefault(m["prefix"] + m["name"], _Entry(m["prefix"], m["name"]))
             e.keys[m["rest"]] = key
             continue
-        m = _HOOK_KEY.match(key)
+        m = HOOK_KEY.match(key)
         if (
             m
             and (m["prefix"] + m["name"] + ("_mask" if m["kind"] == "orig" else "_orig"))
@@ -183,23 +176,6 @@ def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
                 f"tensor {q!r}: unrecognised reparametrization keys {sorted(e.keys.values())}"
             )
     return entries
-
-
-def _owner(key: str) -> str:
-    """The dense tensor a state_dict key belongs to (``a.parametrizations.w.original`` -> ``a.w``)."""
-    m = _REPARAM_KEY.match(key)
-    if m:
-        return m["prefix"] + m["name"]
-    m = _HOOK_KEY.match(key)
-    return m["prefix"] + m["name"] if m else key
-
-
-def _dense_shape(module: nn.Module, name: str) -> torch.Size | None:
-    if name in module._parameters or parametrize.is_parametrized(module, name):
-        return getattr(module, name).shape
-    if _torch_hook(module, name) is not None:
-        return getattr(module, name + "_orig").shape
-    return None
 
 
 _SHARING_SETTINGS = ("bits", "granularity", "channel_axis", "init", "method", "num_centroids")
@@ -250,7 +226,8 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
         module = model.get_submodule(e.prefix[:-1]) if e.prefix else model
     except AttributeError as err:
         raise CheckpointError(f"tensor {q!r}: the model has no module {e.prefix[:-1]!r}") from err
-    shape = _dense_shape(module, e.name)
+    state = TensorState.find(module, e.name)
+    shape = state.shape if state is not None else None
     if shape is None:
         cls = parametrize.type_before_parametrizations(module).__name__
         raise CheckpointError(f"tensor {q!r}: {cls} has no parameter {e.name!r}")
@@ -321,7 +298,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
     # Keys the model will have once the checkpoint's reparametrizations exist.
     current = model.state_dict()
     now = {q for q, *_ in compressed_tensors(model)} | {q for q, *_ in torch_pruned_tensors(model)}
-    plain = {k: t for k, t in current.items() if _owner(k) not in now and k not in entries}
+    plain = {k: t for k, t in current.items() if dense_name(k) not in now and k not in entries}
     expected_keys = set(plain) | (now - set(entries))
     for e in entries.values():
         expected_keys |= set(e.keys.values())
@@ -350,15 +327,12 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
     with torch.no_grad():
         for q, e in entries.items():
             module = modules[q]
-            if get_reparametrization(module, e.name) is not None:
-                parametrize.remove_parametrizations(module, e.name, leave_parametrized=True)
-            if _torch_hook(module, e.name) is not None:
-                prune.remove(module, e.name)
+            TensorState.of(module, e.name).to_plain()
             device = getattr(module, e.name).device
             if e.kind == "hook":
                 prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
             elif e.kind == "mask":
-                _register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
+                register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
             else:
                 dim = getattr(module, e.name).dim()
                 config, k = sharing_state(q, state_dict[e.keys["0._extra_state"]], dim)
@@ -372,12 +346,12 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
                     codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
                     config=config,
                 )
-                _register(module, e.name, sharing, unsafe=True)
+                register(module, e.name, sharing, unsafe=True)
     model.load_state_dict(state_dict, strict=True)
     # A torch pruning hook recomputes ``module.<name>`` only at the next forward; refresh it
     # now so that no stale tensor is visible before the first forward.
     for q, e in entries.items():
         if e.kind == "hook":
-            hook = _torch_hook(modules[q], e.name)
+            hook = prune_hook(modules[q], e.name)
             setattr(modules[q], e.name, hook.apply_mask(modules[q]))
     return model

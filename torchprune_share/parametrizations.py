@@ -20,7 +20,6 @@ keeps ``original`` always used by the output (DDP needs that).
 from __future__ import annotations
 
 import copy
-import copyreg
 import logging
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import kmeans
+from .compat import is_torch_default_deepcopy, slot_names
 from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
 from .config import SharingConfig
 
@@ -38,6 +38,7 @@ __all__ = [
     "cluster",
     "get_reparametrization",
     "index_dtype",
+    "register",
 ]
 
 logger = logging.getLogger(__name__)
@@ -462,19 +463,36 @@ def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module
     replica = self.__new__(type(cls.__name__, cls.__bases__, namespace))
     memo[id(self)] = replica
     replica.__dict__ = copy.deepcopy(self.__dict__, memo)
-    for slot in copyreg._slotnames(cls):  # type: ignore[attr-defined]
+    for slot in slot_names(cls):
         if hasattr(self, slot):
             setattr(replica, slot, copy.deepcopy(getattr(self, slot), memo))
     return replica
 
 
-def _register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
-    """``parametrize.register_parametrization``, with copies that do not share the class."""
+def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
+    """``parametrize.register_parametrization``, with deep copies that do not share the class.
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
+        reparam (nn.Module): the parametrization.
+        unsafe (bool): as in ``register_parametrization`` (skip its consistency checks).
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> register(lin, "weight", PruningMask(torch.ones(2, 2, dtype=torch.bool)))
+        >>> type(copy.deepcopy(lin)) is not type(lin)
+        True
+    """
     parametrize.register_parametrization(module, name, reparam, unsafe=unsafe)
     cls = type(module)
     # Only replace torch's default (injected when the module's own class has none).
-    if getattr(cls.__dict__.get("__deepcopy__"), "__qualname__", "").endswith("default_deepcopy"):
+    if is_torch_default_deepcopy(cls):
         cls.__deepcopy__ = _deepcopy_with_own_class
+
+
+# 0.1.0 name of register, kept for the merge of parallel branches.
+_register = register
 
 
 def get_reparametrization(module: nn.Module, name: str) -> nn.Module | None:

@@ -20,10 +20,11 @@ from torch import nn
 
 from .analysis import ScanResult, default_parameter_names, resolve_tensor
 from .config import SharingConfig
-from .parametrizations import PruningMask, WeightSharing, get_reparametrization
+from .parametrizations import get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
 from .schedules import ConstantSchedule, SparsitySchedule
 from .sharing import changed_settings, recluster, register_weight_sharing, sharing_config
+from .state import MASKED, SHARED, TensorState
 
 __all__ = ["LevelPruner", "Quantizer", "recommend_bits", "recommend_sparsities"]
 
@@ -262,9 +263,9 @@ class LevelPruner:
     def _recompute(
         module: nn.Module, name: str, value: torch.Tensor, keep: torch.Tensor, want: int
     ) -> None:
-        reparam = get_reparametrization(module, name)
-        if isinstance(reparam, PruningMask):
-            scores = module.parametrizations[name].original.detach()
+        state = TensorState.of(module, name)
+        if state.kind == MASKED:
+            scores = state.parameter().detach()
             base = torch.ones_like(keep)
         else:  # shared or torch-pruned entries hold no value to come back with
             scores, base = value, keep
@@ -273,7 +274,7 @@ class LevelPruner:
             logger.info("%s: %d entries stay pruned, above the target of %d", name, pruned, want)
         extra = max(want - pruned, 0)
         new_keep = level_mask(scores, base, extra)
-        if reparam is None and bool(new_keep.all()):
+        if not state.compressed and bool(new_keep.all()):
             return
         apply_keep_mask(module, name, new_keep)
 
@@ -492,7 +493,7 @@ class Quantizer:
         for q, module, name, bits, settings in plan:
             config = self._config_of(q)
             runtime = {k: settings[k] for k in _RUNTIME_KEYS}
-            if isinstance(get_reparametrization(module, name), WeightSharing):
+            if TensorState.of(module, name).kind == SHARED:
                 recluster(module, name, config=config, **runtime)
             else:
                 register_weight_sharing(module, name, config=config, **runtime)

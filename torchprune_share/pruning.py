@@ -17,15 +17,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import prune
 
-from .parametrizations import (
-    PruningMask,
-    WeightSharing,
-    _register,
-    get_reparametrization,
-    index_dtype,
-)
+from .compat import prune_hook
+from .parametrizations import PruningMask, WeightSharing, index_dtype, register
+from .state import FOREIGN, TORCH_PRUNED, TensorState, class_name
 
 __all__ = [
     "LevelPruningMethod",
@@ -250,7 +246,7 @@ class LevelPruningMethod(prune.BasePruningMethod):
         # failed compute_mask re-registers it, which reorders the state_dict.
         validate_amount(amount)
         mask = getattr(module, name + "_mask", None)
-        if isinstance(mask, Tensor) and _torch_hook(module, name) is not None:
+        if isinstance(mask, Tensor) and prune_hook(module, name) is not None:
             amount_to_count(amount, int((mask != 0).sum()))
         elif isinstance(getattr(module, name, None), Tensor):
             amount_to_count(amount, getattr(module, name).numel())
@@ -330,11 +326,8 @@ class SigmaThresholdPruningMethod(prune.BasePruningMethod):
 
 
 # -- reparametrization-based pruning ----------------------------------------------------
-def _torch_hook(module: nn.Module, name: str) -> prune.BasePruningMethod | None:
-    for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
-            return hook
-    return None
+# 0.1.0 name of compat.prune_hook, kept for the merge of parallel branches.
+_torch_hook = prune_hook
 
 
 def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
@@ -363,52 +356,19 @@ def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
         >>> value.shape, bool(keep.all())
         (torch.Size([2, 3]), True)
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    reparam = get_reparametrization(module, name)
-    with torch.no_grad():
-        if isinstance(reparam, PruningMask):
-            value, keep = getattr(module, name).detach(), reparam.mask.clone()
-        elif isinstance(reparam, WeightSharing):
-            value, keep = getattr(module, name).detach(), reparam.kept()
-        elif parametrize.is_parametrized(module, name):
-            raise ValueError(
-                f"name={name!r}: the tensor carries a foreign parametrization; remove it "
-                "(parametrize.remove_parametrizations) before compressing it"
-            )
-        elif _torch_hook(module, name) is not None:
-            value = getattr(module, name + "_orig").detach() * getattr(module, name + "_mask")
-            keep = getattr(module, name + "_mask") != 0
-        else:
-            param = module._parameters.get(name)
-            if param is None:
-                names = {n for n, p in module._parameters.items() if p is not None}
-                names |= (
-                    set(module.parametrizations) if parametrize.is_parametrized(module) else set()
-                )
-                names |= {
-                    h._tensor_name
-                    for h in module._forward_pre_hooks.values()
-                    if isinstance(h, prune.BasePruningMethod)
-                }
-                raise ValueError(
-                    f"name={name!r} is not a parameter of {_class_name(module)}; expected one "
-                    f"of {sorted(names)}"
-                )
-            value, keep = param.detach(), torch.ones_like(param, dtype=torch.bool)
+    state = TensorState.of(module, name)
+    if state.kind == FOREIGN:
+        raise ValueError(
+            f"name={name!r}: the tensor carries a foreign parametrization; remove it "
+            "(parametrize.remove_parametrizations) before compressing it"
+        )
+    value, keep = state.value(), state.keep()
     if not value.is_floating_point():
         raise TypeError(f"name={name!r} must name a floating-point tensor, got {value.dtype}")
     if value.numel() == 0:
         raise ValueError(f"name={name!r} names an empty tensor; there is nothing to compress")
-    check_finite(value, f"{_class_name(module)}.{name}")
+    check_finite(value, f"{class_name(module)}.{name}")
     return value, keep
-
-
-def _class_name(module: nn.Module) -> str:
-    """``Linear`` for a ``ParametrizedLinear``: the class the user knows."""
-    return parametrize.type_before_parametrizations(module).__name__
 
 
 def adopt_torch_pruning(module: nn.Module, name: str) -> None:
@@ -428,8 +388,9 @@ def adopt_torch_pruning(module: nn.Module, name: str) -> None:
         >>> sorted(lin.state_dict()), int((lin.weight == 0).sum())
         (['bias', 'weight'], 8)
     """
-    if _torch_hook(module, name) is not None:
-        prune.remove(module, name)
+    state = TensorState.find(module, name)
+    if state is not None and state.kind == TORCH_PRUNED:
+        state.to_plain()
 
 
 def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
@@ -450,7 +411,8 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
         >>> (lin.weight == 0).tolist()
         [[False, True], [True, False]]
     """
-    reparam = get_reparametrization(module, name)
+    state = TensorState.of(module, name)
+    reparam = state.reparam
     with torch.no_grad():
         if isinstance(reparam, WeightSharing):
             k = reparam.num_centroids
@@ -460,8 +422,9 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
         elif isinstance(reparam, PruningMask):
             reparam.mask.copy_(keep)
         else:
-            adopt_torch_pruning(module, name)
-            _register(module, name, PruningMask(keep))
+            if state.kind == TORCH_PRUNED:
+                state.to_plain()
+            register(module, name, PruningMask(keep))
 
 
 def level_prune(

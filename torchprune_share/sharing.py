@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .config import SharingConfig
 from .kmeans import INITS as INITS  # re-exported for 0.1.0 callers
 from .kmeans import METHODS as METHODS
-from .parametrizations import (
-    WeightSharing,
-    _register,
-    cluster,
-    get_reparametrization,
-)
-from .pruning import adopt_torch_pruning, compressible_state
+from .parametrizations import WeightSharing, cluster, register
+from .pruning import compressible_state
+from .state import TensorState
 
 __all__ = ["recluster", "register_weight_sharing"]
 
@@ -151,7 +146,7 @@ def register_weight_sharing(
         "channel_axis": channel_axis,
     }
     cfg = sharing_config(config, loose if config is None else changed_settings(loose))
-    reparam = get_reparametrization(module, name)
+    reparam = TensorState.of(module, name).reparam
     if isinstance(reparam, WeightSharing):
         raise ValueError(
             f"name={name!r} is already shared ({reparam.bits} bits); call "
@@ -200,7 +195,7 @@ def recluster(
         >>> lin.parametrizations.weight.original.numel()
         4
     """
-    reparam = get_reparametrization(module, name)
+    reparam = TensorState.of(module, name).reparam
     if not isinstance(reparam, WeightSharing):
         raise ValueError(f"name={name!r} is not shared; call register_weight_sharing first")
     loose = {
@@ -234,15 +229,12 @@ def _share(
     config.check_tensor(value.dim())
     codebook, index = cluster(value, keep, config=config, generator=generator)
     # Everything that can fail has run; from here the module changes.
-    if get_reparametrization(module, name) is not None:
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    else:
-        adopt_torch_pruning(module, name)
+    TensorState.of(module, name).to_plain()
     requires_grad = getattr(module, name).requires_grad
     sharing = WeightSharing(
         index.to(value.device), codebook.to(value.device), config=config, cache_index=cache_index
     )
-    _register(module, name, sharing, unsafe=True)
+    register(module, name, sharing, unsafe=True)
     codebook_param = module.parametrizations[name].original
     codebook_param.requires_grad_(requires_grad)
     # The Parameter object is kept (set_ to the codebook); a gradient of the old shape
