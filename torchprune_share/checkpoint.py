@@ -178,15 +178,13 @@ def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
     return entries
 
 
-_SHARING_SETTINGS = ("bits", "granularity", "channel_axis", "init", "method", "num_centroids")
-
-
 def sharing_state(q: str, extra: object, dim: int) -> tuple[SharingConfig, int]:
     """The config and centroid count of a checkpoint's sharing state, validated.
 
     Args:
         q (str): the tensor's qualified name, for messages.
-        extra (object): the ``..._extra_state`` entry (a dict of settings).
+        extra (object): the ``..._extra_state`` entry: the tensor of
+            :meth:`SharingConfig.to_state`, or the dict of settings 0.1.0 wrote.
         dim (int): the dense tensor's number of dimensions.
 
     Returns:
@@ -196,28 +194,19 @@ def sharing_state(q: str, extra: object, dim: int) -> tuple[SharingConfig, int]:
         CheckpointError: naming ``q``, for any malformed or out-of-range setting.
 
     Example:
-        >>> extra = {"bits": 2, "granularity": "per_tensor", "channel_axis": 0,
-        ...          "init": "linear", "method": "lloyd", "num_centroids": 4}
-        >>> sharing_state("fc.weight", extra, 2)[1]
+        >>> sharing_state("fc.weight", SharingConfig(bits=2).to_state(4), 2)[1]
         4
+        >>> sharing_state("fc.weight", SharingConfig(bits=2).to_state(5), 2)
+        Traceback (most recent call last):
+        ...
+        torchprune_share.checkpoint.CheckpointError: tensor 'fc.weight': malformed sharing settings: num_centroids must be an int in [0, 2**bits = 4], got 5
     """
-    if not isinstance(extra, Mapping) or any(key not in extra for key in _SHARING_SETTINGS):
-        raise CheckpointError(
-            f"tensor {q!r}: malformed sharing settings {extra!r}; expected a dict with keys "
-            f"{list(_SHARING_SETTINGS)}"
-        )
     try:
-        config = SharingConfig.from_mapping({k: extra[k] for k in _SHARING_SETTINGS[:-1]})
+        config, k = SharingConfig.from_state(extra)
         config.check_tensor(dim)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"tensor {q!r}: {err}") from None
-    k = extra["num_centroids"]
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 2**config.bits:
-        raise CheckpointError(
-            f"tensor {q!r}: num_centroids must be an int in [0, 2**bits = {2**config.bits}], "
-            f"got {k!r}"
-        )
-    return config, int(k)
+        raise CheckpointError(f"tensor {q!r}: malformed sharing settings: {err}") from None
+    return config, k
 
 
 def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Module:
@@ -232,7 +221,7 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
         cls = parametrize.type_before_parametrizations(module).__name__
         raise CheckpointError(f"tensor {q!r}: {cls} has no parameter {e.name!r}")
     for rest, key in e.keys.items():
-        if rest != "0._extra_state" and not isinstance(sd[key], Tensor):
+        if rest != "0._extra_state" and not isinstance(sd[key], Tensor):  # 0.1.0: a dict
             raise CheckpointError(
                 f"tensor {q!r}: {key!r} must be a tensor, got {type(sd[key]).__name__}"
             )

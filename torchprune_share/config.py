@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from .kmeans import INITS, METHODS
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "INITS",
     "MAX_BITS",
     "METHODS",
+    "STATE_FIELDS",
+    "STATE_VERSION",
     "SharingConfig",
     "code_of",
     "value_of",
@@ -36,6 +41,17 @@ GRANULARITIES = ("per_tensor", "per_channel")
 # diagonal, or the empirical Fisher.
 ALGORITHMS = ("hessian", "diagonal", "fisher")
 MAX_BITS = 16
+# The checkpoint sharing state (SharingConfig.to_state): one int64 per field, in order.
+STATE_VERSION = 1
+STATE_FIELDS = (
+    "version",
+    "bits",
+    "granularity",
+    "channel_axis",
+    "init",
+    "method",
+    "num_centroids",
+)
 
 # Byte codes of the categorical settings, as a .tpsc file (format version 1) and the
 # checkpoint sharing state store them. A code, once given, never changes or moves: add a
@@ -98,6 +114,26 @@ def _table(setting: str) -> dict[str, int]:
     if setting not in CODES:
         raise ValueError(f"setting must be one of {tuple(CODES)}, got {setting!r}")
     return CODES[setting]
+
+
+def _state_tensor(state: Tensor) -> dict[str, Any]:
+    """The settings of a :meth:`SharingConfig.to_state` tensor, codes decoded."""
+    n = len(STATE_FIELDS)
+    if state.dtype != torch.int64 or state.shape != (n,):
+        raise ValueError(
+            f"sharing state must be an int64 tensor of shape ({n},), got {state.dtype} "
+            f"{tuple(state.shape)}"
+        )
+    values = dict(zip(STATE_FIELDS, state.tolist()))
+    if values["version"] != STATE_VERSION:
+        raise ValueError(
+            f"sharing state version must be {STATE_VERSION}, got {values['version']} (written "
+            "by a newer torchprune_share?)"
+        )
+    for setting in CODES:
+        values[setting] = value_of(setting, values[setting])
+    del values["version"]
+    return values
 
 
 def _int(field: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
@@ -214,14 +250,100 @@ class SharingConfig:
     def replace(self, **changes: Any) -> SharingConfig:
         """A copy with some fields changed, validated again.
 
+        Args:
+            **changes: fields and their new values.
+
+        Returns:
+            The new config.
+
         Example:
             >>> SharingConfig(bits=4).replace(bits=2).bits
             2
         """
         return SharingConfig.from_mapping(changes, base=self)
 
+    # -- the sharing state of a checkpoint ------------------------------------------------
+    def to_state(self, num_centroids: int) -> Tensor:
+        """These settings and a codebook size as a checkpoint stores them: a tensor.
+
+        An ``int64`` tensor ``[version, bits, granularity, channel_axis, init, method,
+        num_centroids]`` (categorical settings as their :data:`CODES`; :data:`STATE_FIELDS`
+        names the entries), so that a ``state_dict`` holds only tensors (safetensors).
+        The calibration settings are not stored: they only matter while clustering.
+
+        Args:
+            num_centroids (int): ``k``, the centroids per codebook.
+
+        Returns:
+            The 1-D ``int64`` tensor of :data:`STATE_FIELDS`.
+
+        Example:
+            >>> SharingConfig(bits=3, granularity="per_channel").to_state(8)
+            tensor([1, 3, 1, 0, 0, 0, 8])
+        """
+        return torch.tensor(
+            [
+                STATE_VERSION,
+                self.bits,
+                CODES["granularity"][self.granularity],
+                self.channel_axis,
+                CODES["init"][self.init],
+                CODES["method"][self.method],
+                int(num_centroids),
+            ],
+            dtype=torch.int64,
+        )
+
+    @classmethod
+    def from_state(cls, state: object) -> tuple[SharingConfig, int]:
+        """Read the sharing state of a checkpoint: the tensor of :meth:`to_state`, or the
+        dict of settings that 0.1.0 wrote.
+
+        Args:
+            state (Tensor or Mapping): the ``..._extra_state`` entry of a ``WeightSharing``.
+
+        Returns:
+            ``(config, num_centroids)``, every setting checked (``num_centroids`` in
+            ``[0, 2**bits]``).
+
+        Raises:
+            TypeError: ``state`` is neither, or a setting has the wrong type.
+            ValueError: a wrong length, version, code or value (the message names it).
+
+        Example:
+            >>> SharingConfig.from_state(torch.tensor([1, 2, 0, 0, 1, 0, 4]))
+            (SharingConfig(bits=2, granularity='per_tensor', channel_axis=0, init='density', method='lloyd', algorithm='hessian', damping=0.01), 4)
+        """
+        if isinstance(state, Tensor):
+            settings = _state_tensor(state)
+        elif isinstance(state, Mapping):
+            missing = [f for f in STATE_FIELDS[1:] if f not in state]
+            if missing:
+                raise ValueError(
+                    f"sharing state lacks {missing}; expected {list(STATE_FIELDS[1:])}"
+                )
+            settings = {f: state[f] for f in STATE_FIELDS[1:]}
+        else:
+            raise TypeError(
+                f"sharing state must be an int64 tensor or a dict, got {type(state).__name__}"
+            )
+        k = settings.pop("num_centroids")
+        config = cls.from_mapping(settings)
+        k = _int("num_centroids", k)
+        if not 0 <= k <= 2**config.bits:
+            raise ValueError(
+                f"num_centroids must be an int in [0, 2**bits = {2**config.bits}], got {k}"
+            )
+        return config, k
+
     def channel_dim(self, ndim: int) -> int:
         """``channel_axis`` as a non-negative dimension of an ``ndim``-D tensor.
+
+        Args:
+            ndim (int): the tensor's number of dimensions.
+
+        Returns:
+            The dimension, in ``[0, ndim)`` (0 for a 0-D tensor).
 
         Example:
             >>> SharingConfig(channel_axis=-1).channel_dim(4)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -232,20 +233,98 @@ class WeightSharing(nn.Module):
     method = property(lambda self: self.config.method, doc="k-means method.")
 
     # -- state that must survive state_dict() ------------------------------------------
-    def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "bits": self.bits,
-            "granularity": self.granularity,
-            "channel_axis": self.channel_axis,
-            "init": self.init,
-            "method": self.method,
-            "num_centroids": self.num_centroids,
-        }
+    def get_extra_state(self) -> Tensor:
+        # A tensor, not a dict, so that a state_dict holds only tensors (safetensors).
+        return self.config.to_state(self.num_centroids)
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        settings = {k: state[k] for k in ("bits", "granularity", "channel_axis", "init", "method")}
-        self.config = SharingConfig.from_mapping(settings, base=self.config)
-        self.num_centroids = int(state["num_centroids"])
+    def set_extra_state(self, state: Tensor | dict[str, Any]) -> None:
+        # Also the dict of 0.1.0 checkpoints; calibration settings stay as they are.
+        config, k = SharingConfig.from_state(state)
+        self.config = config.replace(algorithm=self.config.algorithm, damping=self.config.damping)
+        self.num_centroids = k
+
+    def check_state_dict(self, state_dict: Mapping[str, Any], prefix: str) -> str | None:
+        """The problem of loading these entries into this parametrization, or ``None``.
+
+        torch's ``load_state_dict`` copies each entry in place: it cannot resize the
+        codebook or widen the index, and it copies what fits before raising on what does
+        not. So everything is checked here first: the sharing state, the index (an
+        integer tensor of this index's shape whose codes fit both the new codebook and
+        this index's dtype) and the codebook (this codebook's shape).
+
+        Args:
+            state_dict (Mapping): the entries, keys as in ``module.state_dict()``.
+            prefix (str): this parametrization's key prefix, e.g.
+                ``"fc.parametrizations.weight.0."``.
+
+        Returns:
+            A message, or ``None`` when the entries can be loaded (absent ones are left
+            to the caller's strictness).
+
+        Example:
+            >>> ws = WeightSharing(torch.zeros(3, dtype=torch.uint8), torch.zeros(2), bits=1)
+            >>> sd = {"0.index": torch.tensor([0, 1, 3], dtype=torch.uint8),
+            ...       "0._extra_state": ws.get_extra_state(), "original": torch.zeros(2)}
+            >>> ws.check_state_dict(sd, "0.")
+            'index codes must lie in [0, 2], got 0..3'
+        """
+        extra_key = prefix + "_extra_state"
+        if extra_key not in state_dict:
+            return None
+        try:
+            config, k = SharingConfig.from_state(state_dict[extra_key])
+            config.check_tensor(self.index.dim())
+        except (TypeError, ValueError) as err:
+            return str(err)
+        index = state_dict.get(prefix + "index")
+        if index is not None:
+            if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex():
+                return f"index must be an integer tensor, got {_describe(index)}"
+            if index.shape != self.index.shape:
+                return (
+                    f"index has shape {tuple(index.shape)}, the module's {tuple(self.index.shape)}"
+                )
+            if index.numel():
+                lo, hi = int(index.min()), int(index.max())
+                if lo < 0 or hi > k:
+                    return f"index codes must lie in [0, {k}], got {lo}..{hi}"
+                if hi > _max_code(self.index.dtype):
+                    return (
+                        f"code {hi} does not fit this module's {self.index.dtype} index; load "
+                        "with torchprune_share.load_state_dict, which re-creates it"
+                    )
+        if k != self.num_centroids or config.granularity != self.granularity:
+            return (
+                f"the checkpoint's codebook has {k} centroids {config.granularity}, this "
+                f"module's {self.num_centroids} {self.granularity}; torch's load_state_dict "
+                "cannot resize it: load with torchprune_share.load_state_dict"
+            )
+        chain_prefix = prefix[: prefix.rstrip(".").rfind(".") + 1]  # drop "<i>."
+        codebook = state_dict.get(chain_prefix + "original")
+        if codebook is not None and not (
+            isinstance(codebook, Tensor) and codebook.is_floating_point()
+        ):
+            return f"codebook must be a floating-point tensor, got {_describe(codebook)}"
+        return None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        problem = self.check_state_dict(state_dict, prefix)
+        if problem is not None:  # change nothing
+            error_msgs.append(f"{prefix[:-1]}: {problem}")
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._cache = self._cache_key = None
 
     def extra_repr(self) -> str:
         return (
@@ -469,8 +548,66 @@ def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module
     return replica
 
 
+def check_sharing_entries(
+    chain: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """``load_state_dict`` pre-hook of a parametrization chain holding a :class:`WeightSharing`.
+
+    Runs before the chain copies its ``original`` (the codebook): when the incoming entries
+    do not fit (:meth:`WeightSharing.check_state_dict`), none of them is copied, and the
+    problem is reported (torch's ``load_state_dict`` then raises).
+
+    Args:
+        chain (nn.Module): the ``ParametrizationList`` (``module.parametrizations[name]``).
+        state_dict (dict): the entries being loaded (this load's own copy).
+        prefix (str): the chain's key prefix, e.g. ``"fc.parametrizations.weight."``.
+        local_metadata, strict, missing_keys, unexpected_keys: as torch passes them.
+        error_msgs (list[str]): where the problem is reported.
+
+    Example:
+        >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+        >>> ws = WeightSharing(torch.zeros(4, 4, dtype=torch.uint8), torch.zeros(1), bits=1)
+        >>> register(a, "weight", ws)  # registers this hook
+        >>> register(b, "weight", WeightSharing(torch.ones(4, 4, dtype=torch.uint8),
+        ...                                     torch.ones(2), bits=1))
+        >>> a.load_state_dict(b.state_dict())
+        Traceback (most recent call last):
+        ...
+        RuntimeError: Error(s) in loading state_dict for ParametrizedLinear:
+            parametrizations.weight: the checkpoint's codebook has 2 centroids per_tensor, ...
+        >>> bool((a.weight == 0).all())
+        True
+    """
+    for i, p in enumerate(chain):
+        if isinstance(p, WeightSharing):
+            problem = p.check_state_dict(state_dict, f"{prefix}{i}.")
+            if problem is not None:
+                # Load the current values instead (a bitwise no-op), so that only this
+                # problem is reported, not missing keys.
+                current = {
+                    "original": chain.original.detach(),
+                    f"{i}.index": p.index,
+                    f"{i}._extra_state": p.get_extra_state(),
+                }
+                for key, value in current.items():
+                    if prefix + key in state_dict:
+                        state_dict[prefix + key] = value
+                error_msgs.append(f"{prefix[:-1]}: {problem}")
+
+
 def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
     """``parametrize.register_parametrization``, with deep copies that do not share the class.
+
+    A :class:`WeightSharing` also gets its entries checked before torch's
+    ``load_state_dict`` copies any of them (:func:`check_sharing_entries`), so a failed
+    load leaves the module as it was.
 
     Args:
         module (nn.Module): the module.
@@ -485,6 +622,8 @@ def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool =
         True
     """
     parametrize.register_parametrization(module, name, reparam, unsafe=unsafe)
+    if isinstance(reparam, WeightSharing):
+        module.parametrizations[name].register_load_state_dict_pre_hook(check_sharing_entries)
     cls = type(module)
     # Only replace torch's default (injected when the module's own class has none).
     if is_torch_default_deepcopy(cls):
