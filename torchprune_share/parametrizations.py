@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import kmeans
-from .compat import is_torch_default_deepcopy, slot_names
+from .compat import is_torch_default_deepcopy, is_tracing, slot_names
 from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
 from .config import SharingConfig
 
@@ -77,6 +77,33 @@ class PruningMask(nn.Module):
         # Assigning ``module.weight = t`` stores t; the mask still applies on read.
         return value
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise_not_scriptable()
+
+
+def raise_not_scriptable() -> None:
+    """Refuse ``torch.jit.script`` of a compressed model with the route that works.
+
+    ``torch.nn.utils.parametrize`` modules cannot be scripted (torch's limitation), and
+    TorchScript is in maintenance mode.
+
+    Raises:
+        RuntimeError: always, naming :func:`torchprune_share.bake` and ``torch.export``.
+
+    Example:
+        >>> from torchprune_share import level_prune
+        >>> torch.jit.script(level_prune(nn.Linear(2, 2), amount=0.5))
+        Traceback (most recent call last):
+        ...
+        RuntimeError: torch.jit.script cannot compile a pruned or shared model ...
+    """
+    raise RuntimeError(
+        "torch.jit.script cannot compile a pruned or shared model (TorchScript does not "
+        "support torch.nn.utils.parametrize, and is in maintenance mode): call "
+        "torchprune_share.bake(model) first, or use torch.export.export, which keeps the "
+        "compressed form"
+    )
+
 
 def _max_code(dtype: torch.dtype) -> int:
     return torch.iinfo(dtype).max
@@ -120,15 +147,24 @@ class _CodebookGather(torch.autograd.Function):
     times. The gradient of a centroid is the sum of the gradients of the weights assigned
     to it: ``index_add`` of the weight gradient into the copies, then summed over them.
     The appended zero's gradient is dropped, so the zero can never move.
+
+    In the ``setup_context`` form, with out-of-place ops only, so that ``torch.func``
+    transforms (``grad``, ``vmap`` over a batch of codebooks) and ``torch.export`` trace it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, codebook: Tensor, flat_index: Tensor, shape: torch.Size) -> Tensor:
+    def forward(codebook: Tensor, flat_index: Tensor, shape: torch.Size) -> Tensor:
         zero = codebook.new_zeros((*codebook.shape[:-1], 1))
         table = torch.cat([codebook, zero], dim=-1).reshape(-1).repeat(SPREAD)
+        return table.index_select(0, flat_index).view(shape)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        codebook, flat_index, _ = inputs
         ctx.save_for_backward(flat_index)
         ctx.codebook_shape = codebook.shape
-        return table.index_select(0, flat_index).view(shape)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
@@ -137,7 +173,7 @@ class _CodebookGather(torch.autograd.Function):
         (flat_index,) = ctx.saved_tensors
         *lead, k = ctx.codebook_shape
         slots = grad.new_zeros(SPREAD * int(torch.Size(lead).numel()) * (k + 1))
-        slots.index_add_(0, flat_index, grad.reshape(-1))
+        slots = slots.index_add(0, flat_index, grad.reshape(-1))
         return slots.view(SPREAD, *lead, k + 1).sum(0)[..., :k], None, None
 
 
@@ -372,8 +408,11 @@ class WeightSharing(nn.Module):
             tensor([ 0,  7, 17, 21], dtype=torch.int32)
         """
         idx = self.index
-        key = (idx.device, idx.data_ptr(), idx._version, k)
-        if self._cache is not None and self._cache_key == key:
+        # Under a tracer or compiler the index may be a fake tensor with no data pointer,
+        # and a cached tensor would become a constant of the graph: compute it afresh.
+        cache = self.cache_index and not is_tracing(idx)
+        key = (idx.device, idx.data_ptr(), idx._version, k) if cache else None
+        if cache and self._cache is not None and self._cache_key == key:
             return self._cache
         # A cache built under inference_mode would be an inference tensor, which a later
         # training forward could not save for backward.
@@ -391,14 +430,22 @@ class WeightSharing(nn.Module):
             n = flat.numel()
             copies = torch.arange(SPREAD, device=idx.device, dtype=torch.int32) * (rows * (k + 1))
             flat = flat + copies.repeat(-(-n // SPREAD))[:n]
-        if self.cache_index:
+        if cache:
             self._cache, self._cache_key = flat, key
         return flat
 
     def forward(self, codebook: Tensor) -> Tensor:
-        return _CodebookGather.apply(
-            codebook, self.flat_index(codebook.shape[-1]), self.index.shape
-        )
+        flat = self.flat_index(codebook.shape[-1])
+        if torch.jit.is_tracing():
+            # torch.jit.trace cannot record an autograd.Function: the same gather in plain
+            # ops (autograd's gradient of it is the same sum per centroid).
+            zero = codebook.new_zeros((*codebook.shape[:-1], 1))
+            table = torch.cat([codebook, zero], dim=-1).reshape(-1).repeat(SPREAD)
+            return table.index_select(0, flat).view(self.index.shape)
+        return _CodebookGather.apply(codebook, flat, self.index.shape)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise_not_scriptable()
 
     def right_inverse(self, value: Tensor) -> Tensor:
         """Return the codebook for ``value``: clustered anew, keeping the zero pattern.
