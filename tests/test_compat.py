@@ -67,3 +67,34 @@ def test_is_tracing_sees_fake_tensors_compile_and_functorch():
 
     torch.compile(f, backend="eager", fullgraph=True)(torch.zeros(2))
     assert seen == [True]
+
+
+def test_version_counter_and_load_from_state_dict_signature():
+    import inspect
+
+    t = torch.zeros(3)
+    v = compat.tensor_version(t)
+    t.copy_(torch.ones(3))
+    assert compat.tensor_version(t) == v + 1
+    params = list(inspect.signature(nn.Module._load_from_state_dict).parameters)
+    assert tuple(params[1:]) == compat.LOAD_FROM_STATE_DICT_ARGS
+
+
+def test_no_underscore_name_is_imported_across_the_core_modules():
+    import ast
+    import pathlib
+
+    import torchprune_share
+
+    core = (
+        "analysis bits_analysis checkpoint compat config names parametrizations policies "
+        "pruning schedules sensitivity sharing state summary"
+    ).split()
+    root = pathlib.Path(torchprune_share.__file__).parent
+    bad = []
+    for mod in core:
+        tree = ast.parse((root / f"{mod}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                bad += [f"{mod}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not bad

@@ -20,6 +20,7 @@ __all__ = [
     "prune_hook",
     "prune_hooks",
     "slot_names",
+    "tensor_version",
 ]
 
 
@@ -50,6 +51,10 @@ def prune_hooks(module: nn.Module) -> dict[str, prune.BasePruningMethod]:
 
 def prune_hook(module: nn.Module, name: str) -> prune.BasePruningMethod | None:
     """The ``torch.nn.utils.prune`` method pruning ``module.<name>``, or ``None``.
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
 
     Example:
         >>> prune_hook(nn.Linear(2, 2), "weight") is None
@@ -87,6 +92,38 @@ def slot_names(cls: type) -> list[str]:
         []
     """
     return copyreg._slotnames(cls)  # type: ignore[attr-defined]
+
+
+def tensor_version(tensor: Tensor) -> int:
+    """The in-place modification counter of ``tensor`` (torch's ``_version``).
+
+    Every in-place write (``copy_``, ``fill_``, an optimizer step) increments it: a cache
+    derived from the tensor is stale when it changed.
+
+    Args:
+        tensor (Tensor): the tensor.
+
+    Example:
+        >>> t = torch.zeros(2)
+        >>> before = tensor_version(t)
+        >>> _ = t.add_(1)
+        >>> tensor_version(t) > before
+        True
+    """
+    return tensor._version
+
+
+# WeightSharing overrides nn.Module._load_from_state_dict (torch's documented extension
+# point for custom state loading), with this signature; tests/test_compat.py checks it.
+LOAD_FROM_STATE_DICT_ARGS = (
+    "state_dict",
+    "prefix",
+    "local_metadata",
+    "strict",
+    "missing_keys",
+    "unexpected_keys",
+    "error_msgs",
+)
 
 
 def is_tracing(tensor: Tensor | None = None) -> bool:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import kmeans
-from .compat import is_torch_default_deepcopy, is_tracing, slot_names
+from .compat import is_torch_default_deepcopy, is_tracing, slot_names, tensor_version
 from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
 from .config import SharingConfig
 
@@ -411,7 +411,7 @@ class WeightSharing(nn.Module):
         # Under a tracer or compiler the index may be a fake tensor with no data pointer,
         # and a cached tensor would become a constant of the graph: compute it afresh.
         cache = self.cache_index and not is_tracing(idx)
-        key = (idx.device, idx.data_ptr(), idx._version, k) if cache else None
+        key = (idx.device, idx.data_ptr(), tensor_version(idx), k) if cache else None
         if cache and self._cache is not None and self._cache_key == key:
             return self._cache
         # A cache built under inference_mode would be an inference tensor, which a later

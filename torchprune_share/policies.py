@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis import ScanResult, default_parameter_names, resolve_tensor
+from .analysis import ScanResult
 from .config import SharingConfig
+from .names import DEFAULT, default_parameter_names, resolve_tensor, split
 from .parametrizations import get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
 from .schedules import ConstantSchedule, SparsitySchedule
@@ -29,8 +30,6 @@ from .state import MASKED, SHARED, TensorState
 __all__ = ["LevelPruner", "Quantizer", "recommend_bits", "recommend_sparsities"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT = "*"
 
 
 def _entries(options: object, what: str) -> list[tuple[Any, ...]]:
@@ -251,7 +250,7 @@ class LevelPruner:
         cached = self._targets_cache
         if cached is not None and cached[0]() is model:
             try:
-                if all(model.get_submodule(q.rpartition(".")[0]) is m for q, m, _, _ in cached[1]):
+                if all(model.get_submodule(split(q)[0]) is m for q, m, _, _ in cached[1]):
                     return cached[1]
             except AttributeError:
                 pass
