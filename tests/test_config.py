@@ -184,7 +184,7 @@ def test_quantizer_and_bit_levels_validate_through_it():
         Quantizer({"*": 4}, channel_axis="0")
     with pytest.raises(ValueError, match=r"'\*': damping must be a float in \(0, 1\]"):
         Quantizer([("*", 4, {"damping": 2.0})])
-    with pytest.raises(ValueError, match=r"'\*': unknown sharing settings \['colour'\]"):
+    with pytest.raises(TypeError, match=r"'\*': unknown sharing settings \['colour'\]"):
         Quantizer([("*", 4, {"colour": "red"})])
     with pytest.raises(TypeError, match="channel_axis must be an int, got str"):
         BitLevels(channel_axis="0")

@@ -124,7 +124,9 @@ class LevelKind(ABC):
         """
         out = []
         for level in levels:
-            if not _is_real(level) or not math.isfinite(float(level)):
+            if not _is_real(level):
+                raise TypeError(f"{self.name} levels must be finite numbers, got {level!r}")
+            if not math.isfinite(float(level)):
                 raise ValueError(f"{self.name} levels must be finite numbers, got {level!r}")
             out.append(round(float(level), 10))
         if not out:
@@ -245,17 +247,10 @@ class BitLevels(LevelKind):
     method = property(lambda self: self.config.method)
 
     def normalize(self, levels: Iterable[Any]) -> list[Any]:
-        levels = list(levels)
-        bad = [
-            b
-            for b in levels
-            if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b <= 16
-        ]
-        if bad:
-            raise ValueError(f"bit widths must be ints in [1, 16], got {bad}")
-        if not levels:
+        widths = [self.config.replace(bits=b).bits for b in levels]  # SharingConfig's rule
+        if not widths:
             raise ValueError("at least one bit width is needed")
-        return sorted({int(b) for b in levels})
+        return sorted(set(widths))
 
     def transform(self, value: Tensor, keep: Tensor, level: int) -> Tensor:
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
@@ -327,7 +322,7 @@ def _format_level(level: Any) -> str:
 class ScanResult(dict):
     r"""A scan's results: ``{parameter: {level: {metric: value}}}``, plus the baseline.
 
-    A ``dict`` (the seed's format), ordered as the parameters were given, with levels
+    A ``dict`` (the format of the dnn-compression-style API), ordered as the parameters were given, with levels
     sorted ascending. A level that was skipped by an early stop is absent.
 
     Attributes:
@@ -586,7 +581,7 @@ def make_evaluator(
     criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
     max_batches: int | None = None,
 ) -> Evaluator:
-    """Turn the seed's ``(val_loader, validate_func, criterion)`` into ``model -> metrics``.
+    """Turn ``(val_loader, validate_func, criterion)`` into ``model -> metrics``.
 
     ``validate_func(model, val_loader, criterion)`` may return ``(accuracy, loss)``,
     ``(top1, top5, loss)``, a number or a dict of metrics. With ``val_loader=None`` it is
@@ -612,12 +607,10 @@ def make_evaluator(
     if not callable(validate_func):
         raise TypeError(f"validate_func must be callable, got {type(validate_func).__name__}")
     if max_batches is not None:
-        if (
-            isinstance(max_batches, bool)
-            or not isinstance(max_batches, numbers.Integral)
-            or max_batches < 1
-        ):
-            raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+        if isinstance(max_batches, bool) or not isinstance(max_batches, numbers.Integral):
+            raise TypeError(f"max_batches must be a positive int, got {type(max_batches).__name__}")
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be a positive int, got {max_batches}")
         if val_loader is None:
             raise ValueError("max_batches needs a val_loader")
         val_loader = _FirstBatches(val_loader, int(max_batches))

@@ -126,6 +126,8 @@ def bake(model: nn.Module) -> nn.Module:
         >>> type(net[0].weight) is nn.Parameter and torch.equal(net[0].weight, before)
         True
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     for _, module, name, _ in compressed_tensors(model):
         TensorState.of(module, name).to_plain()
         getattr(module, name).grad = None
@@ -281,6 +283,12 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
         >>> torch.equal(fresh[0].weight, net[0].weight)
         True
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}"
+        )
     entries = _group(state_dict)
     modules = {q: _check_entry(model, e, state_dict) for q, e in entries.items()}
 

@@ -46,6 +46,10 @@ HOOK_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)_(?P<kind>orig|mask
 def join(prefix: str, name: str) -> str:
     """``prefix.name``, or ``name`` alone for the model's own tensors.
 
+    Args:
+        prefix (str): the module path (``""`` for the model itself).
+        name (str): the tensor's name in that module.
+
     Example:
         >>> join("fc1", "weight"), join("", "weight")
         ('fc1.weight', 'weight')
@@ -55,6 +59,9 @@ def join(prefix: str, name: str) -> str:
 
 def split(qualified: str) -> tuple[str, str]:
     """``(module path, tensor name)`` of a qualified name (the inverse of :func:`join`).
+
+    Args:
+        qualified (str): e.g. ``"features.0.weight"``.
 
     Example:
         >>> split("features.0.weight"), split("weight")
@@ -67,6 +74,9 @@ def split(qualified: str) -> tuple[str, str]:
 def reparam_base(qualified: str) -> str:
     """The key prefix of the parametrization of a tensor: ``fc1.parametrizations.weight``.
 
+    Args:
+        qualified (str): the tensor's qualified name.
+
     Example:
         >>> reparam_base("fc1.weight"), reparam_base("gain")
         ('fc1.parametrizations.weight', 'parametrizations.gain')
@@ -77,6 +87,9 @@ def reparam_base(qualified: str) -> str:
 
 def dense_name(key: str) -> str:
     """The qualified name of the tensor a ``state_dict`` key belongs to.
+
+    Args:
+        key (str): a ``state_dict`` key (reparametrization, pruning hook or plain).
 
     Example:
         >>> dense_name("a.parametrizations.w.0.index"), dense_name("a.w_mask"), dense_name("a.b")

@@ -1,4 +1,4 @@
-"""Policies: which tensors to prune or share, how much, and when (the seed's LevelPruner, Quantizer).
+"""Policies: which tensors to prune or share, how much, and when (LevelPruner, Quantizer).
 
 Policy objects take configs, validated when built and again against a model before anything
 changes; the mechanisms they drive (:func:`~torchprune_share.level_prune`,
@@ -24,7 +24,13 @@ from .names import DEFAULT, default_parameter_names, resolve_tensor, split
 from .parametrizations import get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
 from .schedules import ConstantSchedule, SparsitySchedule
-from .sharing import changed_settings, recluster, register_weight_sharing, sharing_config
+from .sharing import (
+    changed_settings,
+    check_runtime,
+    recluster,
+    register_weight_sharing,
+    sharing_config,
+)
 from .state import MASKED, SHARED, TensorState
 
 __all__ = ["LevelPruner", "Quantizer", "recommend_bits", "recommend_sparsities"]
@@ -49,18 +55,38 @@ def _entries(options: object, what: str) -> list[tuple[Any, ...]]:
     return out
 
 
+class _Problems(list):
+    """The bad entries of a policy's options; each also recorded as a wrong type or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrong_types = 0
+
+    def type_error(self, message: str) -> None:
+        self.append(message)
+        self.wrong_types += 1
+
+    def error(self, prefix: str, err: Exception) -> None:
+        if isinstance(err, TypeError):
+            self.type_error(f"{prefix}{err}")
+        else:
+            self.append(f"{prefix}{err}")
+
+
 def _raise_bad(what: str, bad: list[str]) -> None:
+    """Raise listing every problem: ``TypeError`` if each is a wrong type, else ``ValueError``."""
     if bad:
-        raise ValueError(
+        only_types = isinstance(bad, _Problems) and bad.wrong_types == len(bad)
+        raise (TypeError if only_types else ValueError)(
             f"{what} options have {len(bad)} bad entries (nothing applied): " + "; ".join(bad)
         )
 
 
-def _check_names(entries: list[tuple[Any, ...]], bad: list[str]) -> None:
+def _check_names(entries: list[tuple[Any, ...]], bad: _Problems) -> None:
     names = [e[0] if e else None for e in entries]
     for name in names:
         if not isinstance(name, str):
-            bad.append(f"{name!r}: a name must be a str such as 'fc1.weight' or '*'")
+            bad.type_error(f"{name!r}: a name must be a str such as 'fc1.weight' or '*'")
     dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
     if dupes:
         bad.append(f"duplicate names {dupes}")
@@ -102,7 +128,8 @@ class LevelPruner:
             (e.g. :class:`~torchprune_share.schedules.AGPSchedule`). The name ``"*"`` sets a
             default for every weight of dim >= 2 not named otherwise. Names and values are
             checked here (duplicates, ranges) and against the model before anything is
-            pruned (unknown names); a ``ValueError`` lists every bad entry.
+            pruned (unknown names); one error lists every bad entry
+            (``TypeError`` when each is a wrong type, else ``ValueError``).
         model (nn.Module, optional): the model, to check names now and for :meth:`step`.
 
     Example:
@@ -120,7 +147,7 @@ class LevelPruner:
         model: nn.Module | None = None,
     ) -> None:
         entries = _entries(options, "LevelPruner")
-        bad: list[str] = []
+        bad = _Problems()
         _check_names(entries, bad)
         self.options: dict[str, SparsitySchedule] = {}
         for entry in entries:
@@ -138,7 +165,7 @@ class LevelPruner:
                 else:
                     bad.append(f"{name!r}: sparsity {value} is not in [0, 1]")
             else:
-                bad.append(
+                bad.type_error(
                     f"{name!r}: sparsity must be a float in [0, 1] or a schedule, got {value!r}"
                 )
         _raise_bad("LevelPruner", bad)
@@ -205,12 +232,14 @@ class LevelPruner:
                 "prune needs the model (prune(model=...) or LevelPruner(..., model=...))"
             )
         if step is not None:
-            if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-                raise ValueError(f"step must be an int >= 0, got {step!r}")
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+                raise TypeError(f"step must be an int >= 0, got {type(step).__name__}")
+            if step < 0:
+                raise ValueError(f"step must be an int >= 0, got {step}")
             self.last_step = int(step)
         self.model = model
         t = self.last_step if self.last_step is not None else 0
-        plan, bad, targets = [], [], {}
+        plan, bad, targets = [], _Problems(), {}
         for q, module, name, schedule in self._cached_targets(model):
             target = schedule.sparsity(t)
             targets[q] = target
@@ -226,7 +255,7 @@ class LevelPruner:
             try:
                 value, keep = compressible_state(module, name)
             except (TypeError, ValueError) as err:
-                bad.append(f"{q!r}: {err}")
+                bad.error(f"{q!r}: ", err)
                 continue
             plan.append((q, module, name, target, value, keep))
         _raise_bad("LevelPruner", bad)
@@ -350,12 +379,7 @@ def _option_config(
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:
-    gen = runtime.get("generator")
-    if gen is not None and not isinstance(gen, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(gen).__name__}")
-    cache = runtime.get("cache_index", True)
-    if not isinstance(cache, bool):
-        raise TypeError(f"cache_index must be a bool, got {type(cache).__name__}")
+    check_runtime(runtime.get("cache_index", True), runtime.get("generator"))
 
 
 class Quantizer:
@@ -363,14 +387,15 @@ class Quantizer:
 
     :meth:`quantize` registers :func:`~torchprune_share.register_weight_sharing` on each
     tensor, or re-clusters an already shared one (:func:`~torchprune_share.recluster`, the
-    seed's "re-train and re-quantize"). Build a new optimizer afterwards: the codebooks are
+    "re-train and re-quantize" step of the dnn-compression-style API). Build a new optimizer afterwards: the codebooks are
     new parameters.
 
     Args:
         options: ``[(name, bits), ...]``, ``[(name, bits, {setting: value}), ...]`` or
             ``{name: bits}``; ``bits`` an int in [1, 16]; ``"*"`` sets a default for every
             weight of dim >= 2 not named otherwise. Checked here and against the model
-            before anything changes; a ``ValueError`` lists every bad entry.
+            before anything changes; one error lists every bad entry
+            (``TypeError`` when each is a wrong type, else ``ValueError``).
         init, method, granularity, channel_axis, cache_index, generator: default sharing
             settings (see :func:`~torchprune_share.register_weight_sharing`), overridden
             per entry by its settings dict.
@@ -404,7 +429,7 @@ class Quantizer:
         runtime_defaults = {"cache_index": cache_index, "generator": generator}
         _check_runtime(runtime_defaults)
         entries = _entries(options, "Quantizer")
-        bad: list[str] = []
+        bad = _Problems()
         _check_names(entries, bad)
         self.options: dict[str, tuple[int, dict[str, Any]]] = {}
         self.configs: dict[str, SharingConfig] = {}
@@ -418,7 +443,7 @@ class Quantizer:
             try:
                 cfg, runtime = _option_config(base, bits, entry[2] if len(entry) == 3 else {})
             except (TypeError, ValueError) as err:
-                bad.append(f"{name!r}: {err}")
+                bad.error(f"{name!r}: ", err)
                 continue
             self.configs[name] = cfg
             settings = {
@@ -481,13 +506,13 @@ class Quantizer:
             >>> net[0].parametrizations.weight.original.numel() <= 16
             True
         """
-        bad, plan = [], self.targets(model)
+        bad, plan = _Problems(), self.targets(model)
         for q, module, name, _, _ in plan:
             try:
                 value, _ = compressible_state(module, name)
                 self._config_of(q).check_tensor(value.dim())
             except (TypeError, ValueError) as err:
-                bad.append(f"{q!r}: {err}")
+                bad.error(f"{q!r}: ", err)
         _raise_bad("Quantizer", bad)
         for q, module, name, bits, settings in plan:
             config = self._config_of(q)
@@ -516,7 +541,9 @@ def _acceptance(
     baseline: float | None,
     higher_is_better: bool | None,
 ) -> tuple[float, bool]:
-    if isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real) or max_drop < 0:
+    if isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real):
+        raise TypeError(f"max_drop must be a number >= 0, got {type(max_drop).__name__}")
+    if not max_drop >= 0:
         raise ValueError(f"max_drop must be a number >= 0, got {max_drop!r}")
     if baseline is None:
         base = getattr(scan, "baseline", {})
@@ -588,7 +615,7 @@ def recommend_bits(
     metric: str = "accuracy",
     baseline: float | None = None,
     higher_is_better: bool | None = None,
-) -> list[tuple[str, int]]:
+) -> list[list[Any]]:
     r"""Per tensor, the fewest scanned bits whose ``metric`` stays within ``max_drop``.
 
     Widths are walked downwards from the widest and the walk stops at the first failure. A
@@ -602,13 +629,14 @@ def recommend_bits(
         higher_is_better (bool, optional): default ``False`` for metrics named like a loss.
 
     Returns:
-        ``[(name, bits), ...]``, the options of a :class:`Quantizer`.
+        ``[[name, bits], ...]``, the options of a :class:`Quantizer` (the container type
+        of :func:`recommend_sparsities`).
 
     Example:
         >>> scan = ScanResult({"fc.weight": {2: {"accuracy": 90.0}, 4: {"accuracy": 97.9},
         ...                                  6: {"accuracy": 98.0}}}, baseline={"accuracy": 98.0})
         >>> recommend_bits(scan, max_drop=0.5)
-        [('fc.weight', 4)]
+        [['fc.weight', 4]]
     """
     base, higher = _acceptance(bits, max_drop, metric, baseline, higher_is_better)
     out = []
@@ -623,5 +651,5 @@ def recommend_bits(
                 "%s: no scanned width keeps %s within %s; left unshared", name, metric, max_drop
             )
         else:
-            out.append((name, chosen))
+            out.append([name, chosen])
     return out

@@ -430,7 +430,7 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
 def level_prune(
     module: nn.Module,
     name: str = "weight",
-    amount: float | int = 0.5,
+    amount: float | int | None = None,
     importance_scores: Tensor | None = None,
 ) -> nn.Module:
     r"""Prune ``module.<name>`` by magnitude, keeping the mask as a parametrization.
@@ -443,13 +443,18 @@ def level_prune(
     Args:
         module (nn.Module): module containing the tensor to prune.
         name (str): parameter name within ``module``. Default: ``"weight"``.
-        amount (int or float): a float in [0, 1] prunes ``round(amount * n)`` of the ``n``
-            unpruned entries; an int prunes that many.
+        amount (int or float): required, as in torch's prune functions: a float in [0, 1]
+            prunes ``round(amount * n)`` of the ``n`` unpruned entries; an int prunes that
+            many.
         importance_scores (Tensor, optional): scores of the tensor's shape used in place of
             its values (magnitude is taken).
 
     Returns:
         ``module``, pruned in place.
+
+    Raises:
+        TypeError: ``amount`` is missing or no number; ``module``/``name`` of a wrong type.
+        ValueError: ``amount`` out of range, or a tensor that cannot be pruned.
 
     Example:
         >>> lin = nn.Linear(100, 10)
@@ -457,11 +462,21 @@ def level_prune(
         >>> int((lin.weight == 0).sum())
         800
     """
+    if amount is None:
+        raise TypeError(
+            "amount must be a float in [0, 1] or a non-negative int, and is required (as in "
+            "torch.nn.utils.prune): level_prune(module, name, amount), got NoneType"
+        )
     validate_amount(amount)
     value, keep = compressible_state(module, name)
     scores = value
     if importance_scores is not None:
-        if not isinstance(importance_scores, Tensor) or importance_scores.shape != value.shape:
+        if not isinstance(importance_scores, Tensor):
+            raise TypeError(
+                f"importance_scores must be a tensor of shape {tuple(value.shape)}, got "
+                f"{type(importance_scores).__name__}"
+            )
+        if importance_scores.shape != value.shape:
             raise ValueError(
                 f"importance_scores must be a tensor of shape {tuple(value.shape)}, got "
                 f"{getattr(importance_scores, 'shape', type(importance_scores).__name__)}"
@@ -522,7 +537,11 @@ def global_level_prune(
         s = value
         if importance_scores is not None and (m, n) in importance_scores:
             s = importance_scores[(m, n)]
-            if not isinstance(s, Tensor) or s.shape != value.shape:
+            if not isinstance(s, Tensor):
+                raise TypeError(
+                    f"importance_scores for {n!r} must be a tensor, got {type(s).__name__}"
+                )
+            if s.shape != value.shape:
                 raise ValueError(
                     f"importance_scores for {n!r} must be a tensor of shape "
                     f"{tuple(value.shape)}, got {getattr(s, 'shape', type(s).__name__)}"

@@ -52,6 +52,28 @@ def sharing_config(
 _DEFAULTS = SharingConfig()
 
 
+def check_runtime(cache_index: object, generator: object) -> None:
+    """Raise ``TypeError`` unless ``cache_index`` is a bool and ``generator`` a generator or None.
+
+    Args:
+        cache_index (object): the ``cache_index`` argument.
+        generator (object): the ``generator`` argument.
+
+    Example:
+        >>> check_runtime(True, None)
+        >>> check_runtime("yes", None)
+        Traceback (most recent call last):
+        ...
+        TypeError: cache_index must be a bool, got str
+    """
+    if not isinstance(cache_index, bool):
+        raise TypeError(f"cache_index must be a bool, got {type(cache_index).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
 def changed_settings(settings: dict[str, object]) -> dict[str, object]:
     """The settings that differ from :class:`SharingConfig`'s defaults.
 
@@ -146,6 +168,7 @@ def register_weight_sharing(
         "channel_axis": channel_axis,
     }
     cfg = sharing_config(config, loose if config is None else changed_settings(loose))
+    check_runtime(cache_index, generator)
     reparam = TensorState.of(module, name).reparam
     if isinstance(reparam, WeightSharing):
         raise ValueError(
@@ -208,6 +231,7 @@ def recluster(
     given = {k: v for k, v in loose.items() if v is not None}
     cfg = sharing_config(config, given, reparam.config)
     keep_cache = reparam.cache_index if cache_index is None else cache_index
+    check_runtime(keep_cache, generator)
     return _share(module, name, cfg, cache_index=keep_cache, generator=generator)
 
 

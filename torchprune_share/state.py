@@ -50,6 +50,9 @@ KINDS = (PLAIN, TORCH_PRUNED, MASKED, SHARED, FOREIGN)
 def class_name(module: nn.Module) -> str:
     """``Linear`` for a ``ParametrizedLinear``: the class the user knows.
 
+    Args:
+        module (nn.Module): the module.
+
     Example:
         >>> class_name(nn.Linear(2, 2))
         'Linear'
@@ -71,7 +74,7 @@ class TensorState:
     Build it with :meth:`of` (or :meth:`find`); it reads the module when asked, so it stays
     right while the values train, but describes the kind at the time it was built.
 
-    Attributes:
+    Args:
         module (nn.Module): the module holding the tensor.
         name (str): the tensor's name in ``module`` (the user-facing one, ``"weight"``).
         kind (str): one of :data:`KINDS`.
@@ -95,6 +98,10 @@ class TensorState:
     @classmethod
     def find(cls, module: nn.Module, name: str) -> TensorState | None:
         """The state of ``module.<name>``, or ``None`` when it names no parameter.
+
+        Args:
+            module (nn.Module): the module.
+            name (str): the tensor's name.
 
         Example:
             >>> TensorState.find(nn.Linear(2, 2), "nope") is None

@@ -340,10 +340,17 @@ def compression_summary(
         >>> row.nonzeros, row.format, row.estimated_bytes < row.dense_bytes
         (100, 'sparse (p=6)', True)
     """
-    if index_bits is not None and (
-        isinstance(index_bits, bool) or not isinstance(index_bits, int) or not 1 <= index_bits <= 16
-    ):
-        raise ValueError(f"index_bits must be an int in [1, 16], got {index_bits!r}")
+    if index_bits is not None:
+        if isinstance(index_bits, bool) or not isinstance(index_bits, int):
+            raise TypeError(
+                f"index_bits must be an int in [1, 16], got {type(index_bits).__name__}"
+            )
+        if not 1 <= index_bits <= 16:
+            raise ValueError(f"index_bits must be an int in [1, 16], got {index_bits}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(param_names, str):
+        raise TypeError("param_names must be a sequence of names, not a str")
     if param_names is None:
         targets = named_tensors(model)
     else:
