@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-MODULES = ["compat", "config", "evaluation", "levels", "names", "results", "state"]
+MODULES = ["codebook", "compat", "config", "evaluation", "levels", "names", "results", "state"]
 
 
 @pytest.mark.parametrize("name", MODULES)

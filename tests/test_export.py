@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from torchprune_share import bake, level_prune, register_weight_sharing
-from torchprune_share.parametrizations import SPREAD
+from torchprune_share.codebook import SPREAD
 
 from .conftest import bitwise_equal
 

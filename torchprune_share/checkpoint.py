@@ -259,6 +259,64 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
     return module
 
 
+def _check_keys(
+    model: nn.Module, entries: dict[str, _Entry], state_dict: Mapping[str, Tensor]
+) -> None:
+    """Raise unless the checkpoint has exactly the keys (and plain shapes) the model will have."""
+    # Keys the model will have once the checkpoint's reparametrizations exist.
+    current = model.state_dict()
+    now = {q for q, *_ in compressed_tensors(model)} | {q for q, *_ in torch_pruned_tensors(model)}
+    plain = {k: t for k, t in current.items() if dense_name(k) not in now and k not in entries}
+    expected_keys = set(plain) | (now - set(entries))
+    for e in entries.values():
+        expected_keys |= set(e.keys.values())
+    given = set(state_dict)
+    missing, unexpected = sorted(expected_keys - given), sorted(given - expected_keys)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match the model: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+    if now - set(entries):
+        raise CheckpointError(
+            f"the model compresses {sorted(now - set(entries))}, which the checkpoint stores "
+            "plain; load into a freshly built model"
+        )
+    for key, want in plain.items():
+        got = state_dict[key]
+        if isinstance(want, Tensor) and not isinstance(got, Tensor):
+            raise CheckpointError(f"tensor {key!r}: expected a tensor, got {type(got).__name__}")
+        if isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape != got.shape:
+            raise CheckpointError(
+                f"tensor {key!r}: shape mismatch, model has {tuple(want.shape)}, "
+                f"checkpoint {tuple(got.shape)}"
+            )
+
+
+def _recreate(module: nn.Module, e: _Entry, state_dict: Mapping[str, Tensor]) -> None:
+    """Give ``module.<e.name>`` the reparametrization the checkpoint names (values follow)."""
+    TensorState.of(module, e.name).to_plain()
+    device = getattr(module, e.name).device
+    if e.kind == "hook":
+        prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
+    elif e.kind == "mask":
+        register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
+    else:
+        dim = getattr(module, e.name).dim()
+        config, k = sharing_state(e.qualified, state_dict[e.keys["0._extra_state"]], dim)
+        codebook = state_dict[e.keys["original"]]
+        index = state_dict[e.keys["0.index"]]
+        if index.dtype not in (torch.uint8, torch.int32):
+            # e.g. int16 from another writer: DDP cannot broadcast it (index_dtype).
+            index = index.to(index_dtype(k))
+        sharing = WeightSharing(
+            index.to(device).clone(),
+            codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
+            config=config,
+        )
+        register(module, e.name, sharing, unsafe=True)
+
+
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     r"""Load a checkpoint of a compressed model into a (fresh) model of the same architecture.
 
@@ -291,59 +349,10 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
         )
     entries = _group(state_dict)
     modules = {q: _check_entry(model, e, state_dict) for q, e in entries.items()}
-
-    # Keys the model will have once the checkpoint's reparametrizations exist.
-    current = model.state_dict()
-    now = {q for q, *_ in compressed_tensors(model)} | {q for q, *_ in torch_pruned_tensors(model)}
-    plain = {k: t for k, t in current.items() if dense_name(k) not in now and k not in entries}
-    expected_keys = set(plain) | (now - set(entries))
-    for e in entries.values():
-        expected_keys |= set(e.keys.values())
-    given = set(state_dict)
-    missing, unexpected = sorted(expected_keys - given), sorted(given - expected_keys)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not match the model: missing keys {missing}, "
-            f"unexpected keys {unexpected}"
-        )
-    if now - set(entries):
-        raise CheckpointError(
-            f"the model compresses {sorted(now - set(entries))}, which the checkpoint stores "
-            "plain; load into a freshly built model"
-        )
-    for key, want in plain.items():
-        got = state_dict[key]
-        if isinstance(want, Tensor) and not isinstance(got, Tensor):
-            raise CheckpointError(f"tensor {key!r}: expected a tensor, got {type(got).__name__}")
-        if isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape != got.shape:
-            raise CheckpointError(
-                f"tensor {key!r}: shape mismatch, model has {tuple(want.shape)}, "
-                f"checkpoint {tuple(got.shape)}"
-            )
-
+    _check_keys(model, entries, state_dict)
     with torch.no_grad():
         for q, e in entries.items():
-            module = modules[q]
-            TensorState.of(module, e.name).to_plain()
-            device = getattr(module, e.name).device
-            if e.kind == "hook":
-                prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
-            elif e.kind == "mask":
-                register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
-            else:
-                dim = getattr(module, e.name).dim()
-                config, k = sharing_state(q, state_dict[e.keys["0._extra_state"]], dim)
-                codebook = state_dict[e.keys["original"]]
-                index = state_dict[e.keys["0.index"]]
-                if index.dtype not in (torch.uint8, torch.int32):
-                    # e.g. int16 from another writer: DDP cannot broadcast it (index_dtype).
-                    index = index.to(index_dtype(k))
-                sharing = WeightSharing(
-                    index.to(device).clone(),
-                    codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
-                    config=config,
-                )
-                register(module, e.name, sharing, unsafe=True)
+            _recreate(modules[q], e, state_dict)
     model.load_state_dict(state_dict, strict=True)
     # A torch pruning hook recomputes ``module.<name>`` only at the next forward; refresh it
     # now so that no stale tensor is visible before the first forward.
