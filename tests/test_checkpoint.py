@@ -487,10 +487,17 @@ MODULES = [
     "pruning",
     "sharing",
     "checkpoint",
-    "config",
-    "state",
-    "names",
+    "codebook",
     "compat",
+    "config",
+    "evaluation",
+    "levels",
+    "names",
+    "options",
+    "quantizer",
+    "recommend",
+    "results",
+    "state",
 ]
 
 
@@ -512,6 +519,9 @@ def public_callables(module):
                     "extra_repr",
                     "get_extra_state",
                     "set_extra_state",
+                    "setup_context",  # autograd.Function protocol
+                    "backward",
+                    "transform",  # LevelKind.transform, documented on the base class
                 ):
                     continue  # nn.Module / parametrization protocol, documented by torch
                 yield f"{name}.{meth_name}", func

@@ -87,8 +87,9 @@ def test_no_underscore_name_is_imported_across_the_core_modules():
     import torchprune_share
 
     core = (
-        "analysis bits_analysis checkpoint compat config names parametrizations policies "
-        "pruning schedules sensitivity sharing state summary"
+        "analysis bits_analysis checkpoint codebook compat config evaluation levels names "
+        "options parametrizations policies pruning quantizer recommend results schedules "
+        "sensitivity sharing state summary"
     ).split()
     root = pathlib.Path(torchprune_share.__file__).parent
     bad = []

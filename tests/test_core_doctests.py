@@ -10,7 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-MODULES = ["codebook", "compat", "config", "evaluation", "levels", "names", "results", "state"]
+MODULES = [
+    "codebook",
+    "compat",
+    "config",
+    "evaluation",
+    "levels",
+    "names",
+    "options",
+    "quantizer",
+    "recommend",
+    "results",
+    "state",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -21,8 +21,8 @@ from torchprune_share import (
     recluster,
     register_weight_sharing,
 )
-from torchprune_share.kmeans import kmeans1d
 from torchprune_share.codebook import CodebookGather, index_dtype
+from torchprune_share.kmeans import kmeans1d
 
 FAST = settings(max_examples=20, deadline=None)
 

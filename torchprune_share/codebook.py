@@ -20,6 +20,9 @@ __all__ = ["SPREAD", "CodebookGather", "cluster", "index_dtype", "max_code"]
 def max_code(dtype: torch.dtype) -> int:
     """The largest code an index of integer ``dtype`` holds.
 
+    Args:
+        dtype (torch.dtype): an integer dtype.
+
     Example:
         >>> max_code(torch.uint8)
         255
@@ -68,6 +71,17 @@ class CodebookGather(torch.autograd.Function):
 
     In the ``setup_context`` form, with out-of-place ops only, so that ``torch.func``
     transforms (``grad``, ``vmap`` over a batch of codebooks) and ``torch.export`` trace it.
+
+    Args:
+        codebook (Tensor): ``(k,)`` or ``(C, k)``.
+        flat_index (Tensor): ``int32``, from :meth:`WeightSharing.flat_index` (weight ``i``
+            reads copy ``i % SPREAD`` of the table).
+        shape (torch.Size): the weight's shape.
+
+    Example:
+        >>> flat = torch.tensor([0, 5, 10], dtype=torch.int32)  # codes 0, 1, 2 in copies 0, 1, 2
+        >>> CodebookGather.apply(torch.tensor([1.0, 2.0, 3.0]), flat, torch.Size([3]))
+        tensor([1., 2., 3.])
     """
 
     generate_vmap_rule = True

@@ -57,6 +57,10 @@ def as_metrics(out: object) -> Metrics:
 class FirstBatches:
     """A re-iterable view of the first ``n`` batches of a loader (``max_batches``).
 
+    Args:
+        loader (Iterable): the batches.
+        n (int): how many to yield.
+
     Example:
         >>> list(FirstBatches([1, 2, 3], 2)), len(FirstBatches([1, 2, 3], 2))
         ([1, 2], 2)

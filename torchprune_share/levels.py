@@ -27,6 +27,9 @@ __all__ = ["BitLevels", "LevelKind", "PruningMethodLevels", "SparsityLevels", "i
 def is_real(x: object) -> bool:
     """Whether ``x`` is a real number and not a ``bool``.
 
+    Args:
+        x (object): the value.
+
     Example:
         >>> is_real(0.5), is_real(True), is_real("1")
         (True, False, False)
@@ -54,6 +57,7 @@ class LevelKind(ABC):
         ...     def transform(self, value, keep, level):
         ...         g = torch.Generator().manual_seed(0)
         ...         return value * (1 + level * torch.randn(value.shape, generator=g))
+        >>> from torch import nn
         >>> from torchprune_share import scan
         >>> net = nn.Sequential(nn.Linear(4, 2))
         >>> r = scan(net, [0.1, 0.5], lambda m: {"accuracy": 1.0}, kind=Noise(), progress=False)

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 def format_level(level: Any) -> str:
     """A level as written in logs and CSV files: an int as is, a float rounded.
 
+    Args:
+        level (int or float): the level.
+
     Example:
         >>> format_level(4), format_level(0.1 + 0.2)
         ('4', '0.3')
@@ -32,10 +35,12 @@ def format_level(level: Any) -> str:
 class ScanResult(dict):
     r"""A scan's results: ``{parameter: {level: {metric: value}}}``, plus the baseline.
 
-    A ``dict`` (the format of the dnn-compression-style API), ordered as the parameters were given, with levels
-    sorted ascending. A level that was skipped by an early stop is absent.
+    A ``dict`` (the format of the dnn-compression-style API), ordered as the parameters
+    were given, with levels sorted ascending. A level that was skipped by an early stop is
+    absent. The other arguments are also its attributes.
 
-    Attributes:
+    Args:
+        data (Mapping, optional): ``{parameter: {level: metrics}}``.
         kind (str): the level kind's name (``"sparsity"``, ``"bits"``, ...).
         axis_label (str): x-axis label for plots.
         baseline (dict): the metrics of the unchanged model.
@@ -99,6 +104,9 @@ class ScanResult(dict):
     def to_csv(self, path: str | Path) -> Path:
         """Write the rows to ``path``; see :func:`scan_to_csv`.
 
+        Args:
+            path (str or Path): the file.
+
         Example:
             >>> ScanResult({"w": {0.5: {"accuracy": 9.0, "loss": 0.1}}}).to_csv("s.csv").name
             's.csv'
@@ -107,6 +115,11 @@ class ScanResult(dict):
 
     def to_png(self, path: str | Path, metric: str = "accuracy", **kwargs: Any) -> Path:
         """Plot one line per parameter to ``path``; see :func:`scan_to_png`.
+
+        Args:
+            path (str or Path): the PNG file.
+            metric (str): the metric on the y axis.
+            **kwargs: as :func:`scan_to_png` takes them.
 
         Example:
             >>> r = ScanResult({"w": {0.5: {"accuracy": 9.0, "loss": 0.1}}}, baseline={"loss": 0.1})
@@ -244,6 +257,9 @@ def scan_to_png(
 
 def as_result(result: Mapping[str, Mapping[Any, Any]]) -> ScanResult:
     """``result`` as a :class:`ScanResult` (a plain ``{parameter: {level: metrics}}`` dict too).
+
+    Args:
+        result (Mapping): a :class:`ScanResult` or such a dict.
 
     Example:
         >>> as_result({"w": {2: (90.0, 0.3)}})["w"][2]
