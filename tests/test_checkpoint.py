@@ -494,6 +494,7 @@ MODULES = [
     "levels",
     "names",
     "options",
+    "prune_methods",
     "quantizer",
     "recommend",
     "results",

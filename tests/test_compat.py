@@ -88,7 +88,7 @@ def test_no_underscore_name_is_imported_across_the_core_modules():
 
     core = (
         "analysis bits_analysis checkpoint codebook compat config evaluation levels names "
-        "options parametrizations policies pruning quantizer recommend results schedules "
+        "options parametrizations policies prune_methods pruning quantizer recommend results schedules "
         "sensitivity sharing state summary"
     ).split()
     root = pathlib.Path(torchprune_share.__file__).parent

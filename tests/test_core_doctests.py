@@ -18,6 +18,7 @@ MODULES = [
     "levels",
     "names",
     "options",
+    "prune_methods",
     "quantizer",
     "recommend",
     "results",
