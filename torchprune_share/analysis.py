@@ -26,10 +26,11 @@ Evaluation runs under :func:`torch.inference_mode` with the model in eval mode.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -209,6 +210,26 @@ class _Run:
         self.results: list[tuple[int, int, Metrics]] = []
         self.baseline: Metrics = {}
 
+    def start_baseline(
+        self, n_points: int, rank: int, world: int, stop: tuple[float, str] | None
+    ) -> None:
+        """Evaluate the unchanged model (the metrics unchanged points reuse)."""
+        tick = time.perf_counter()
+        self.baseline = evaluate_metrics(self.evaluate, self.model)
+        self.timings["baseline"] = time.perf_counter() - tick
+        logger.info(
+            "%s scan: baseline %s; %d points on rank %d of %d",
+            self.kind.name,
+            self.baseline,
+            n_points,
+            rank,
+            world,
+        )
+        if stop is not None and stop[1] not in self.baseline:
+            raise ValueError(
+                f"stop_metric={stop[1]!r} is not among the metrics {sorted(self.baseline)}"
+            )
+
     def tensor(
         self,
         t: int,
@@ -327,36 +348,17 @@ def scan(
     mine = _my_points(len(targets), order, rank, world, by_tensor=stop is not None)
     run = _Run(kind, levels, evaluate, model)
     start = time.perf_counter()
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     bar = tqdm(
         total=len(mine), desc=f"{kind.name} scan", disable=not progress or rank != 0, leave=False
     )
-    try:
-        run.baseline = evaluate_metrics(evaluate, model)
-        run.timings["baseline"] = time.perf_counter() - start
-        logger.info(
-            "%s scan: baseline %s; %d points on rank %d of %d",
-            kind.name,
-            run.baseline,
-            len(mine),
-            rank,
-            world,
-        )
-        if stop is not None and stop_metric not in run.baseline:
-            raise ValueError(
-                f"stop_metric={stop_metric!r} is not among the metrics {sorted(run.baseline)}"
-            )
+    with _eval_mode(model), bar:
+        run.start_baseline(len(mine), rank, world, stop)
         for t, points in itertools.groupby(mine, key=lambda p: p[0]):
             slot = _Slot(*targets[t])
             try:
                 run.tensor(t, names[t], slot, list(points), stop, bar)
             finally:
                 slot.restore()
-    finally:
-        bar.close()
-        for m, mode in modes:
-            m.training = mode
     run.timings["total"] = time.perf_counter() - start
     found = _gather(run.results, world, group)
     data = {
@@ -371,6 +373,18 @@ def scan(
         baseline_label=kind.baseline_label,
         timings=run.timings,
     )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the block; every module's own training flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _gather(

@@ -213,7 +213,26 @@ def scan_to_png(
     fig = Figure(figsize=(7.0 + 2.6 * ncol, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    cmap = colormaps["tab10"]
+    _draw_lines(ax, result, metric, colormaps["tab10"])
+    ax.set_xlabel(result.axis_label)
+    ax.set_ylabel(ylabel or f"validation {metric}")
+    ax.set_title(title or f"{result.kind} sensitivity ({metric})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncol=ncol,
+        fontsize="small" if n <= 20 else "x-small",
+        frameon=False,
+    )
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    logger.info("wrote %s (%d lines)", path, n)
+    return path
+
+
+def _draw_lines(ax: Any, result: ScanResult, metric: str, cmap: Any) -> None:
+    """One line per parameter (ten colours, then a new marker per ten), the baseline dashed."""
     levels_seen: set[Any] = set()
     for i, (param, levels) in enumerate(result.items()):
         xs = [lv for lv, m in levels.items() if metric in m]
@@ -238,21 +257,6 @@ def scan_to_png(
         )
     if levels_seen and all(isinstance(lv, numbers.Integral) for lv in levels_seen):
         ax.set_xticks(sorted(levels_seen))
-    ax.set_xlabel(result.axis_label)
-    ax.set_ylabel(ylabel or f"validation {metric}")
-    ax.set_title(title or f"{result.kind} sensitivity ({metric})")
-    ax.grid(True, alpha=0.3)
-    ax.legend(
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        ncol=ncol,
-        fontsize="small" if n <= 20 else "x-small",
-        frameon=False,
-    )
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    logger.info("wrote %s (%d lines)", path, n)
-    return path
 
 
 def as_result(result: Mapping[str, Mapping[Any, Any]]) -> ScanResult:
