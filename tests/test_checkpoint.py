@@ -545,7 +545,8 @@ def test_public_functions_have_torch_style_docstrings(mod_name):
 
 
 @pytest.mark.parametrize("mod_name", MODULES)
-def test_docstring_examples_run(mod_name):
+def test_docstring_examples_run(mod_name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
     module = importlib.import_module(f"torchprune_share.{mod_name}")
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
