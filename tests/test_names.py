@@ -70,3 +70,23 @@ def test_resolve_accepts_internal_names_and_explains_unknown_ones():
         resolve_tensor(net, "0.gain")
     with pytest.raises(TypeError, match="a tensor name must be a str"):
         resolve_tensor(net, 3)  # type: ignore[arg-type]
+
+
+def test_owned_keys_map_every_compressed_key_to_its_dense_name():
+    from torchprune_share import fileformat
+    from torchprune_share.checkpoint import owned_keys
+
+    net = model()
+    owned = owned_keys(net)
+    assert owned == {
+        "0.parametrizations.weight.original": "0.weight",
+        "0.parametrizations.weight.0.mask": "0.weight",
+        "1.parametrizations.weight.original": "1.weight",
+        "1.parametrizations.weight.0.index": "1.weight",
+        "1.parametrizations.weight.0._extra_state": "1.weight",
+        "1.bias_orig": "1.bias",
+        "1.bias_mask": "1.bias",
+    }
+    assert all(dense_name(k) == q for k, q in owned.items())
+    if hasattr(fileformat, "_owners"):  # the file format's own copy, until it uses this one
+        assert fileformat._owners(net) == owned

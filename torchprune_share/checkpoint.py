@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize, prune
 
 from .compat import prune_hook, prune_hooks
 from .config import SharingConfig
-from .names import HOOK_KEY, REPARAM_KEY, dense_name, join
+from .names import HOOK_KEY, REPARAM_KEY, dense_name, join, reparam_base
 from .parametrizations import (
     PruningMask,
     WeightSharing,
@@ -33,6 +33,7 @@ __all__ = [
     "bake",
     "compressed_tensors",
     "load_state_dict",
+    "owned_keys",
     "torch_pruned_tensors",
 ]
 
@@ -101,6 +102,38 @@ def torch_pruned_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         for mod_name, module in model.named_modules()
         for name in prune_hooks(module)
     ]
+
+
+def owned_keys(model: nn.Module) -> dict[str, str]:
+    """Map each ``state_dict`` key of a pruned or shared tensor to the tensor's dense name.
+
+    Keys under this package's parametrizations (``fc.parametrizations.weight.original``,
+    ``...0.index``, ``...0._extra_state``, ``...0.mask``) and torch's pruning hooks
+    (``fc.bias_orig``, ``fc.bias_mask``); plain keys are absent.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        ``{key: qualified_name}``.
+
+    Example:
+        >>> from torchprune_share import level_prune
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> owned_keys(level_prune(net[0], amount=0.5) and net)
+        {'0.parametrizations.weight.original': '0.weight', '0.parametrizations.weight.0.mask': '0.weight'}
+    """
+    bases = {reparam_base(q) + ".": q for q, *_ in compressed_tensors(model)}
+    owner = {}
+    for key in model.state_dict():
+        m = REPARAM_KEY.match(key)
+        if m:
+            base = f"{m['prefix']}parametrizations.{m['name']}."
+            if base in bases:
+                owner[key] = bases[base]
+    for q, *_ in torch_pruned_tensors(model):
+        owner[q + "_orig"] = owner[q + "_mask"] = q
+    return owner
 
 
 def bake(model: nn.Module) -> nn.Module:
