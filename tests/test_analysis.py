@@ -318,8 +318,10 @@ def test_validate_func_results_and_errors(digits):
         perform_sensitivity_analysis(model, digits[1], [0.5], param_names=["fc9.weight"])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         perform_sensitivity_analysis(model, digits[1], [0.5, 1.5])
-    with pytest.raises(ValueError, match="ints in"):
+    with pytest.raises(TypeError, match=r"bits must be an int in \[1, 16\], got float"):
         perform_bits_analysis(model, digits[1], [4, 2.5])
+    with pytest.raises(ValueError, match=r"bits must be an int in \[1, 16\], got 17"):
+        perform_bits_analysis(model, digits[1], [4, 17])
     with pytest.raises(ValueError, match="duplicate"):
         perform_sensitivity_analysis(model, digits[1], [0.5], param_names=["fc1.weight"] * 2)
     with pytest.raises(TypeError, match="validate_func must return"):

@@ -22,8 +22,32 @@ from torchprune_share import (
     load_state_dict,
     register_weight_sharing,
 )
+from torchprune_share.config import SharingConfig
 
 from .conftest import bitwise_equal, module_state
+
+EMB_STATE = "emb.parametrizations.weight.0._extra_state"
+
+
+def with_setting(sd: dict, position: int, value: int) -> dict:
+    """``sd`` with entry ``position`` of emb.weight's sharing state tensor replaced."""
+    state = sd[EMB_STATE].clone()
+    state[position] = value
+    return mutate(sd, EMB_STATE, state)
+
+
+def as_dict_state(sd: dict, **changes) -> dict:
+    """``sd`` with emb.weight's sharing state as 0.1.0 wrote it (a dict), changed."""
+    config, k = SharingConfig.from_state(sd[EMB_STATE])
+    extra = {
+        "bits": config.bits,
+        "granularity": config.granularity,
+        "channel_axis": config.channel_axis,
+        "init": config.init,
+        "method": config.method,
+        "num_centroids": k,
+    }
+    return mutate(sd, EMB_STATE, {**extra, **changes})
 
 
 class Net(nn.Module):
@@ -91,7 +115,9 @@ def test_state_dict_holds_codebook_and_integer_index():
         prefix, _, name = q.rpartition(".")
         base = f"{prefix}.parametrizations.{name}" if prefix else f"parametrizations.{name}"
         assert not sd[f"{base}.0.index"].is_floating_point()
-        assert sd[f"{base}.0._extra_state"]["bits"] in (1, 2, 3, 8)
+        extra = sd[f"{base}.0._extra_state"]
+        assert extra.dtype == torch.int64 and extra.shape == (7,)  # a tensor: safetensors
+        assert SharingConfig.from_state(extra)[0].bits in (1, 2, 3, 8)
     # No full-size float copy of any shared weight anywhere in the state_dict: the float
     # tensors are the codebooks, the plain biases and conv2's (pruned-only) dense weight.
     floats = {
@@ -256,13 +282,61 @@ BAD = {
         lambda sd: mutate(sd, "emb.parametrizations.weight.0._extra_state", {"num_centroids": 8}),
         r"tensor 'emb.weight': malformed sharing settings",
     ),
+    "bits 0": (
+        lambda sd: with_setting(sd, 1, 0),
+        r"tensor 'emb.weight': malformed sharing settings: bits must be an int in \[1, 16\], got 0",
+    ),
+    "bits 99": (
+        lambda sd: with_setting(sd, 1, 99),
+        r"tensor 'emb.weight': .*bits must be an int in \[1, 16\], got 99",
+    ),
+    "unknown init code": (
+        lambda sd: with_setting(sd, 4, 9),
+        r"tensor 'emb.weight': .*init code must be one of \[0, 1, 2, 3\], got 9",
+    ),
+    "unknown method code": (
+        lambda sd: with_setting(sd, 5, -1),
+        r"tensor 'emb.weight': .*method code must be one of",
+    ),
+    "too many centroids": (
+        lambda sd: with_setting(sd, 6, 257),
+        r"tensor 'emb.weight': .*num_centroids must be an int in \[0, 2\*\*bits = 256\], got 257",
+    ),
+    "newer state version": (
+        lambda sd: with_setting(sd, 0, 2),
+        r"tensor 'emb.weight': .*sharing state version must be 1, got 2",
+    ),
+    "state of a wrong dtype": (
+        lambda sd: mutate(sd, EMB_STATE, sd[EMB_STATE].float()),
+        r"tensor 'emb.weight': .*must be an int64 tensor of shape \(7,\), got torch.float32",
+    ),
+    "state of a wrong type": (
+        lambda sd: mutate(sd, EMB_STATE, [1, 8, 0, 0, 0, 0, 256]),
+        r"tensor 'emb.weight': .*must be an int64 tensor or a dict, got list",
+    ),
+    "dict state bits 99": (
+        lambda sd: as_dict_state(sd, bits=99),
+        r"tensor 'emb.weight': .*bits must be an int in \[1, 16\], got 99",
+    ),
+    "dict state bogus init": (
+        lambda sd: as_dict_state(sd, init="bogus"),
+        r"tensor 'emb.weight': .*init must be one of",
+    ),
+    "dict state method None": (
+        lambda sd: as_dict_state(sd, method=None),
+        r"tensor 'emb.weight': .*method must be a str",
+    ),
+    "dict state too many centroids": (
+        lambda sd: as_dict_state(sd, bits=7),
+        r"tensor 'emb.weight': .*num_centroids must be an int in \[0, 2\*\*bits = 128\]",
+    ),
     "bad granularity": (
-        lambda sd: mutate(
-            sd,
-            "emb.parametrizations.weight.0._extra_state",
-            {**sd["emb.parametrizations.weight.0._extra_state"], "granularity": "per_row"},
-        ),
-        r"tensor 'emb.weight': granularity must be one of",
+        lambda sd: as_dict_state(sd, granularity="per_row"),
+        r"tensor 'emb.weight': .*granularity must be one of",
+    ),
+    "unknown granularity code": (
+        lambda sd: with_setting(sd, 2, 2),
+        r"tensor 'emb.weight': .*granularity code must be one of \[0, 1\], got 2",
     ),
     "not a tensor": (
         lambda sd: mutate(sd, "conv2.parametrizations.weight.0.mask", [True] * 36),
@@ -408,7 +482,24 @@ def test_deepcopy_does_not_share_the_parametrized_class():
 
 
 # -- docstrings -------------------------------------------------------------------------------
-MODULES = ["parametrizations", "pruning", "sharing", "checkpoint"]
+MODULES = [
+    "parametrizations",
+    "pruning",
+    "sharing",
+    "checkpoint",
+    "codebook",
+    "compat",
+    "config",
+    "evaluation",
+    "levels",
+    "names",
+    "options",
+    "prune_methods",
+    "quantizer",
+    "recommend",
+    "results",
+    "state",
+]
 
 
 def public_callables(module):
@@ -429,6 +520,9 @@ def public_callables(module):
                     "extra_repr",
                     "get_extra_state",
                     "set_extra_state",
+                    "setup_context",  # autograd.Function protocol
+                    "backward",
+                    "transform",  # LevelKind.transform, documented on the base class
                 ):
                     continue  # nn.Module / parametrization protocol, documented by torch
                 yield f"{name}.{meth_name}", func
@@ -451,7 +545,8 @@ def test_public_functions_have_torch_style_docstrings(mod_name):
 
 
 @pytest.mark.parametrize("mod_name", MODULES)
-def test_docstring_examples_run(mod_name):
+def test_docstring_examples_run(mod_name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
     module = importlib.import_module(f"torchprune_share.{mod_name}")
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

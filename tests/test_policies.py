@@ -273,10 +273,10 @@ def test_recommendations_turn_scans_into_options():
         },
         baseline={"accuracy": 98.0},
     )
-    assert recommend_bits(bits, max_drop=0.5) == [("fc1.weight", 4)]  # fc2 left out (warned)
+    assert recommend_bits(bits, max_drop=0.5) == [["fc1.weight", 4]]  # fc2 left out (warned)
     with pytest.raises(ValueError, match="baseline"):
         recommend_bits({"w": {4: {"accuracy": 1.0}}})
-    assert recommend_bits({"w": {4: {"accuracy": 1.0}}}, baseline=1.0) == [("w", 4)]
+    assert recommend_bits({"w": {4: {"accuracy": 1.0}}}, baseline=1.0) == [["w", 4]]
 
     # The options feed the policies directly.
     model = LeNet300100(8)

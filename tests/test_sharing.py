@@ -21,8 +21,8 @@ from torchprune_share import (
     recluster,
     register_weight_sharing,
 )
+from torchprune_share.codebook import CodebookGather, index_dtype
 from torchprune_share.kmeans import kmeans1d
-from torchprune_share.parametrizations import _CodebookGather, index_dtype
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -202,7 +202,7 @@ def test_gather_gradcheck_float64():
     cb = torch.randn(5, dtype=torch.float64, requires_grad=True)
     flat = torch.tensor([0, 5, 3, 3, 1, 4, 5, 0, 2, 2, 2, 4], dtype=torch.int32)  # 5 = zero
     shape = torch.Size([3, 4])
-    assert torch.autograd.gradcheck(lambda c: _CodebookGather.apply(c, flat, shape), (cb,))
+    assert torch.autograd.gradcheck(lambda c: CodebookGather.apply(c, flat, shape), (cb,))
     # Per channel: 3 codebooks of 4, flat index into the (3, 5) table.
     ws = WeightSharing(
         torch.randint(0, 5, (3, 6), dtype=torch.uint8), bits=2, granularity="per_channel"
@@ -210,9 +210,9 @@ def test_gather_gradcheck_float64():
     cb2 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     flat2 = ws.flat_index(4)
     assert torch.autograd.gradcheck(
-        lambda c: _CodebookGather.apply(c, flat2, torch.Size([3, 6])), (cb2,)
+        lambda c: CodebookGather.apply(c, flat2, torch.Size([3, 6])), (cb2,)
     )
-    out = _CodebookGather.apply(cb2, flat2, torch.Size([3, 6]))
+    out = CodebookGather.apply(cb2, flat2, torch.Size([3, 6]))
     assert bool((out[ws.index == 4] == 0).all())
 
 

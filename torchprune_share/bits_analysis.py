@@ -1,4 +1,4 @@
-"""Bit-width sensitivity of k-means weight sharing with the seed's names (a face over :mod:`.analysis`).
+"""Bit-width sensitivity of k-means weight sharing, dnn-compression-style names (a face over :mod:`.analysis`).
 
 Example:
     >>> from torchprune_share import bits_analysis  # doctest: +SKIP

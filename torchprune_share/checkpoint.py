@@ -9,7 +9,6 @@ checkpoint loads with ``strict=True`` semantics.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,26 +16,26 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
+from .compat import prune_hook, prune_hooks
+from .config import SharingConfig
+from .names import HOOK_KEY, REPARAM_KEY, dense_name, join, reparam_base
 from .parametrizations import (
-    GRANULARITIES,
     PruningMask,
     WeightSharing,
-    _register,
     get_reparametrization,
     index_dtype,
+    register,
 )
-from .pruning import _torch_hook
+from .state import TensorState
 
 __all__ = [
     "CheckpointError",
     "bake",
     "compressed_tensors",
     "load_state_dict",
+    "owned_keys",
     "torch_pruned_tensors",
 ]
-
-_REPARAM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.(?P<rest>.+)$")
-_HOOK_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)_(?P<kind>orig|mask)$")
 
 
 class CheckpointError(ValueError):
@@ -78,7 +77,7 @@ def compressed_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.M
         for name in list(module.parametrizations):
             reparam = get_reparametrization(module, name)
             if reparam is not None:
-                found.append((f"{mod_name}.{name}" if mod_name else name, module, name, reparam))
+                found.append((join(mod_name, name), module, name, reparam))
     return found
 
 
@@ -99,15 +98,42 @@ def torch_pruned_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         ['0.weight']
     """
     return [
-        (
-            f"{mod_name}.{hook._tensor_name}" if mod_name else hook._tensor_name,
-            module,
-            hook._tensor_name,
-        )
+        (join(mod_name, name), module, name)
         for mod_name, module in model.named_modules()
-        for hook in list(module._forward_pre_hooks.values())
-        if isinstance(hook, prune.BasePruningMethod)
+        for name in prune_hooks(module)
     ]
+
+
+def owned_keys(model: nn.Module) -> dict[str, str]:
+    """Map each ``state_dict`` key of a pruned or shared tensor to the tensor's dense name.
+
+    Keys under this package's parametrizations (``fc.parametrizations.weight.original``,
+    ``...0.index``, ``...0._extra_state``, ``...0.mask``) and torch's pruning hooks
+    (``fc.bias_orig``, ``fc.bias_mask``); plain keys are absent.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        ``{key: qualified_name}``.
+
+    Example:
+        >>> from torchprune_share import level_prune
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> owned_keys(level_prune(net[0], amount=0.5) and net)
+        {'0.parametrizations.weight.original': '0.weight', '0.parametrizations.weight.0.mask': '0.weight'}
+    """
+    bases = {reparam_base(q) + ".": q for q, *_ in compressed_tensors(model)}
+    owner = {}
+    for key in model.state_dict():
+        m = REPARAM_KEY.match(key)
+        if m:
+            base = f"{m['prefix']}parametrizations.{m['name']}."
+            if base in bases:
+                owner[key] = bases[base]
+    for q, *_ in torch_pruned_tensors(model):
+        owner[q + "_orig"] = owner[q + "_mask"] = q
+    return owner
 
 
 def bake(model: nn.Module) -> nn.Module:
@@ -133,11 +159,13 @@ def bake(model: nn.Module) -> nn.Module:
         >>> type(net[0].weight) is nn.Parameter and torch.equal(net[0].weight, before)
         True
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     for _, module, name, _ in compressed_tensors(model):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        TensorState.of(module, name).to_plain()
         getattr(module, name).grad = None
     for _, module, name in torch_pruned_tensors(model):
-        prune.remove(module, name)
+        TensorState.of(module, name).to_plain()
         getattr(module, name).grad = None
     return model
 
@@ -157,12 +185,12 @@ class _Entry:
 def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
     entries: dict[str, _Entry] = {}
     for key in state_dict:
-        m = _REPARAM_KEY.match(key)
+        m = REPARAM_KEY.match(key)
         if m:
             e = entries.setdefault(m["prefix"] + m["name"], _Entry(m["prefix"], m["name"]))
             e.keys[m["rest"]] = key
             continue
-        m = _HOOK_KEY.match(key)
+        m = HOOK_KEY.match(key)
         if (
             m
             and (m["prefix"] + m["name"] + ("_mask" if m["kind"] == "orig" else "_orig"))
@@ -185,48 +213,35 @@ def _group(state_dict: Mapping[str, object]) -> dict[str, _Entry]:
     return entries
 
 
-def _owner(key: str) -> str:
-    """The dense tensor a state_dict key belongs to (``a.parametrizations.w.original`` -> ``a.w``)."""
-    m = _REPARAM_KEY.match(key)
-    if m:
-        return m["prefix"] + m["name"]
-    m = _HOOK_KEY.match(key)
-    return m["prefix"] + m["name"] if m else key
+def sharing_state(q: str, extra: object, dim: int) -> tuple[SharingConfig, int]:
+    """The config and centroid count of a checkpoint's sharing state, validated.
 
+    Args:
+        q (str): the tensor's qualified name, for messages.
+        extra (object): the ``..._extra_state`` entry: the tensor of
+            :meth:`SharingConfig.to_state`, or the dict of settings 0.1.0 wrote.
+        dim (int): the dense tensor's number of dimensions.
 
-def _dense_shape(module: nn.Module, name: str) -> torch.Size | None:
-    if name in module._parameters or parametrize.is_parametrized(module, name):
-        return getattr(module, name).shape
-    if _torch_hook(module, name) is not None:
-        return getattr(module, name + "_orig").shape
-    return None
+    Returns:
+        ``(config, num_centroids)``.
 
+    Raises:
+        CheckpointError: naming ``q``, for any malformed or out-of-range setting.
 
-_SHARING_SETTINGS = ("bits", "granularity", "channel_axis", "init", "method", "num_centroids")
-
-
-def _check_sharing_settings(q: str, extra: object, dim: int) -> None:
-    """Raise :class:`CheckpointError` unless ``extra`` is a valid WeightSharing extra state."""
-    if not isinstance(extra, Mapping) or any(key not in extra for key in _SHARING_SETTINGS):
-        raise CheckpointError(
-            f"tensor {q!r}: malformed sharing settings {extra!r}; expected a dict with keys "
-            f"{list(_SHARING_SETTINGS)}"
-        )
-    ints = ("bits", "channel_axis", "num_centroids")
-    if any(isinstance(extra[key], bool) or not isinstance(extra[key], int) for key in ints):
-        raise CheckpointError(f"tensor {q!r}: sharing settings {ints} must be ints, got {extra!r}")
-    if extra["granularity"] not in GRANULARITIES:
-        raise CheckpointError(
-            f"tensor {q!r}: granularity must be one of {GRANULARITIES}, got {extra['granularity']!r}"
-        )
-    if extra["num_centroids"] < 0:
-        raise CheckpointError(
-            f"tensor {q!r}: num_centroids must be >= 0, got {extra['num_centroids']}"
-        )
-    if extra["granularity"] == "per_channel" and not -dim <= extra["channel_axis"] < dim:
-        raise CheckpointError(
-            f"tensor {q!r}: channel_axis must be in [{-dim}, {dim - 1}], got {extra['channel_axis']}"
-        )
+    Example:
+        >>> sharing_state("fc.weight", SharingConfig(bits=2).to_state(4), 2)[1]
+        4
+        >>> sharing_state("fc.weight", SharingConfig(bits=2).to_state(5), 2)
+        Traceback (most recent call last):
+        ...
+        torchprune_share.checkpoint.CheckpointError: tensor 'fc.weight': malformed sharing settings: num_centroids must be an int in [0, 2**bits = 4], got 5
+    """
+    try:
+        config, k = SharingConfig.from_state(extra)
+        config.check_tensor(dim)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"tensor {q!r}: malformed sharing settings: {err}") from None
+    return config, k
 
 
 def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Module:
@@ -235,12 +250,13 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
         module = model.get_submodule(e.prefix[:-1]) if e.prefix else model
     except AttributeError as err:
         raise CheckpointError(f"tensor {q!r}: the model has no module {e.prefix[:-1]!r}") from err
-    shape = _dense_shape(module, e.name)
+    state = TensorState.find(module, e.name)
+    shape = state.shape if state is not None else None
     if shape is None:
         cls = parametrize.type_before_parametrizations(module).__name__
         raise CheckpointError(f"tensor {q!r}: {cls} has no parameter {e.name!r}")
     for rest, key in e.keys.items():
-        if rest != "0._extra_state" and not isinstance(sd[key], Tensor):
+        if rest != "0._extra_state" and not isinstance(sd[key], Tensor):  # 0.1.0: a dict
             raise CheckpointError(
                 f"tensor {q!r}: {key!r} must be a tensor, got {type(sd[key]).__name__}"
             )
@@ -253,8 +269,7 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
         ]
     else:
         index, codebook = sd[e.keys["0.index"]], sd[e.keys["original"]]
-        extra = sd[e.keys["0._extra_state"]]
-        _check_sharing_settings(q, extra, len(shape))
+        config, k = sharing_state(q, sd[e.keys["0._extra_state"]], len(shape))
         bad = [] if index.shape == shape else [("index", index.shape)]
         if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
             raise CheckpointError(
@@ -264,8 +279,7 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
             raise CheckpointError(
                 f"tensor {q!r}: codebook must be a floating-point tensor, got {codebook.dtype}"
             )
-        k = int(extra["num_centroids"])
-        want = (k,) if extra["granularity"] == "per_tensor" else (shape[extra["channel_axis"]], k)
+        want = (k,) if config.granularity == "per_tensor" else (shape[config.channel_axis], k)
         if tuple(codebook.shape) != want:
             bad.append(("codebook", codebook.shape))
         if index.numel() and (int(index.min()) < 0 or int(index.max()) > k):
@@ -276,6 +290,64 @@ def _check_entry(model: nn.Module, e: _Entry, sd: Mapping[str, Tensor]) -> nn.Mo
             f"tensor {q!r}: shape mismatch, model has {tuple(shape)}, checkpoint {got}"
         )
     return module
+
+
+def _check_keys(
+    model: nn.Module, entries: dict[str, _Entry], state_dict: Mapping[str, Tensor]
+) -> None:
+    """Raise unless the checkpoint has exactly the keys (and plain shapes) the model will have."""
+    # Keys the model will have once the checkpoint's reparametrizations exist.
+    current = model.state_dict()
+    now = {q for q, *_ in compressed_tensors(model)} | {q for q, *_ in torch_pruned_tensors(model)}
+    plain = {k: t for k, t in current.items() if dense_name(k) not in now and k not in entries}
+    expected_keys = set(plain) | (now - set(entries))
+    for e in entries.values():
+        expected_keys |= set(e.keys.values())
+    given = set(state_dict)
+    missing, unexpected = sorted(expected_keys - given), sorted(given - expected_keys)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match the model: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+    if now - set(entries):
+        raise CheckpointError(
+            f"the model compresses {sorted(now - set(entries))}, which the checkpoint stores "
+            "plain; load into a freshly built model"
+        )
+    for key, want in plain.items():
+        got = state_dict[key]
+        if isinstance(want, Tensor) and not isinstance(got, Tensor):
+            raise CheckpointError(f"tensor {key!r}: expected a tensor, got {type(got).__name__}")
+        if isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape != got.shape:
+            raise CheckpointError(
+                f"tensor {key!r}: shape mismatch, model has {tuple(want.shape)}, "
+                f"checkpoint {tuple(got.shape)}"
+            )
+
+
+def _recreate(module: nn.Module, e: _Entry, state_dict: Mapping[str, Tensor]) -> None:
+    """Give ``module.<e.name>`` the reparametrization the checkpoint names (values follow)."""
+    TensorState.of(module, e.name).to_plain()
+    device = getattr(module, e.name).device
+    if e.kind == "hook":
+        prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
+    elif e.kind == "mask":
+        register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
+    else:
+        dim = getattr(module, e.name).dim()
+        config, k = sharing_state(e.qualified, state_dict[e.keys["0._extra_state"]], dim)
+        codebook = state_dict[e.keys["original"]]
+        index = state_dict[e.keys["0.index"]]
+        if index.dtype not in (torch.uint8, torch.int32):
+            # e.g. int16 from another writer: DDP cannot broadcast it (index_dtype).
+            index = index.to(index_dtype(k))
+        sharing = WeightSharing(
+            index.to(device).clone(),
+            codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
+            config=config,
+        )
+        register(module, e.name, sharing, unsafe=True)
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
@@ -302,72 +374,23 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
         >>> torch.equal(fresh[0].weight, net[0].weight)
         True
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}"
+        )
     entries = _group(state_dict)
     modules = {q: _check_entry(model, e, state_dict) for q, e in entries.items()}
-
-    # Keys the model will have once the checkpoint's reparametrizations exist.
-    current = model.state_dict()
-    now = {q for q, *_ in compressed_tensors(model)} | {q for q, *_ in torch_pruned_tensors(model)}
-    plain = {k: t for k, t in current.items() if _owner(k) not in now and k not in entries}
-    expected_keys = set(plain) | (now - set(entries))
-    for e in entries.values():
-        expected_keys |= set(e.keys.values())
-    given = set(state_dict)
-    missing, unexpected = sorted(expected_keys - given), sorted(given - expected_keys)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not match the model: missing keys {missing}, "
-            f"unexpected keys {unexpected}"
-        )
-    if now - set(entries):
-        raise CheckpointError(
-            f"the model compresses {sorted(now - set(entries))}, which the checkpoint stores "
-            "plain; load into a freshly built model"
-        )
-    for key, want in plain.items():
-        got = state_dict[key]
-        if isinstance(want, Tensor) and not isinstance(got, Tensor):
-            raise CheckpointError(f"tensor {key!r}: expected a tensor, got {type(got).__name__}")
-        if isinstance(want, Tensor) and isinstance(got, Tensor) and want.shape != got.shape:
-            raise CheckpointError(
-                f"tensor {key!r}: shape mismatch, model has {tuple(want.shape)}, "
-                f"checkpoint {tuple(got.shape)}"
-            )
-
+    _check_keys(model, entries, state_dict)
     with torch.no_grad():
         for q, e in entries.items():
-            module = modules[q]
-            if get_reparametrization(module, e.name) is not None:
-                parametrize.remove_parametrizations(module, e.name, leave_parametrized=True)
-            if _torch_hook(module, e.name) is not None:
-                prune.remove(module, e.name)
-            device = getattr(module, e.name).device
-            if e.kind == "hook":
-                prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
-            elif e.kind == "mask":
-                _register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
-            else:
-                extra = dict(state_dict[e.keys["0._extra_state"]])
-                codebook = state_dict[e.keys["original"]]
-                index = state_dict[e.keys["0.index"]]
-                if index.dtype not in (torch.uint8, torch.int32):
-                    # e.g. int16 from another writer: DDP cannot broadcast it (index_dtype).
-                    index = index.to(index_dtype(int(extra["num_centroids"])))
-                sharing = WeightSharing(
-                    index.to(device).clone(),
-                    codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
-                    bits=extra["bits"],
-                    granularity=extra["granularity"],
-                    channel_axis=extra["channel_axis"],
-                    init=extra["init"],
-                    method=extra["method"],
-                )
-                _register(module, e.name, sharing, unsafe=True)
+            _recreate(modules[q], e, state_dict)
     model.load_state_dict(state_dict, strict=True)
     # A torch pruning hook recomputes ``module.<name>`` only at the next forward; refresh it
     # now so that no stale tensor is visible before the first forward.
     for q, e in entries.items():
         if e.kind == "hook":
-            hook = _torch_hook(modules[q], e.name)
+            hook = prune_hook(modules[q], e.name)
             setattr(modules[q], e.name, hook.apply_mask(modules[q]))
     return model

@@ -20,15 +20,19 @@ keeps ``original`` always used by the output (DDP needs that).
 from __future__ import annotations
 
 import copy
-import copyreg
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import kmeans
+from .codebook import SPREAD as SPREAD  # re-exported: 0.1.0 callers and tests
+from .codebook import CodebookGather, cluster, index_dtype, max_code
+from .compat import is_torch_default_deepcopy, is_tracing, slot_names, tensor_version
+from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
+from .config import SharingConfig
 
 __all__ = [
     "PruningMask",
@@ -36,11 +40,14 @@ __all__ = [
     "cluster",
     "get_reparametrization",
     "index_dtype",
+    "register",
 ]
 
 logger = logging.getLogger(__name__)
 
-GRANULARITIES = ("per_tensor", "per_channel")
+
+def _describe(x: object) -> str:
+    return f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
 
 
 class PruningMask(nn.Module):
@@ -71,68 +78,32 @@ class PruningMask(nn.Module):
         # Assigning ``module.weight = t`` stores t; the mask still applies on read.
         return value
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise_not_scriptable()
 
-def _max_code(dtype: torch.dtype) -> int:
-    return torch.iinfo(dtype).max
 
+def raise_not_scriptable() -> None:
+    """Refuse ``torch.jit.script`` of a compressed model with the route that works.
 
-def index_dtype(max_code: int) -> torch.dtype:
-    """Return the integer dtype of an index holding codes ``0..max_code``.
+    ``torch.nn.utils.parametrize`` modules cannot be scripted (torch's limitation), and
+    TorchScript is in maintenance mode.
 
-    ``uint8`` up to code 255, ``int32`` above. ``int16`` would be smaller for 9- to
-    15-bit codes (and for 8-bit sharing of a pruned tensor, whose 256 centroids plus the
-    zero code need 257 codes), but neither gloo nor NCCL can broadcast ``int16`` tensors,
-    and ``DistributedDataParallel`` broadcasts every buffer; ``int32`` is also the dtype
-    the gather runs on.
-
-    Args:
-        max_code (int): the largest code that must be representable.
-
-    Returns:
-        ``torch.uint8`` or ``torch.int32``.
+    Raises:
+        RuntimeError: always, naming :func:`torchprune_share.bake` and ``torch.export``.
 
     Example:
-        >>> index_dtype(255), index_dtype(256)
-        (torch.uint8, torch.int32)
+        >>> from torchprune_share import level_prune
+        >>> torch.jit.script(level_prune(nn.Linear(2, 2), amount=0.5))
+        Traceback (most recent call last):
+        ...
+        RuntimeError: torch.jit.script cannot compile a pruned or shared model ...
     """
-    if max_code <= torch.iinfo(torch.uint8).max:
-        return torch.uint8
-    return torch.int32
-
-
-# Consecutive weights usually share a code (above all the pruned zero), and adding them
-# one after another into the same slot serialises on that slot: accumulating into SPREAD
-# copies of the table (weight i into copy i % SPREAD) and summing the copies makes the
-# backward ~2.5x faster. The forward reads the same copies, so one cached index serves both.
-SPREAD = 8
-
-
-class _CodebookGather(torch.autograd.Function):
-    """``table[flat_index]`` with the Deep Compression backward (Eq. 3).
-
-    ``table`` is the codebook with a zero appended to each row, repeated :data:`SPREAD`
-    times. The gradient of a centroid is the sum of the gradients of the weights assigned
-    to it: ``index_add`` of the weight gradient into the copies, then summed over them.
-    The appended zero's gradient is dropped, so the zero can never move.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, codebook: Tensor, flat_index: Tensor, shape: torch.Size) -> Tensor:
-        zero = codebook.new_zeros((*codebook.shape[:-1], 1))
-        table = torch.cat([codebook, zero], dim=-1).reshape(-1).repeat(SPREAD)
-        ctx.save_for_backward(flat_index)
-        ctx.codebook_shape = codebook.shape
-        return table.index_select(0, flat_index).view(shape)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        (flat_index,) = ctx.saved_tensors
-        *lead, k = ctx.codebook_shape
-        slots = grad.new_zeros(SPREAD * int(torch.Size(lead).numel()) * (k + 1))
-        slots.index_add_(0, flat_index, grad.reshape(-1))
-        return slots.view(SPREAD, *lead, k + 1).sum(0)[..., :k], None, None
+    raise RuntimeError(
+        "torch.jit.script cannot compile a pruned or shared model (TorchScript does not "
+        "support torch.nn.utils.parametrize, and is in maintenance mode): call "
+        "torchprune_share.bake(model) first, or use torch.export.export, which keeps the "
+        "compressed form"
+    )
 
 
 class WeightSharing(nn.Module):
@@ -182,42 +153,143 @@ class WeightSharing(nn.Module):
         index: Tensor,
         codebook: Tensor | None = None,
         *,
-        bits: int,
+        bits: int | None = None,
         granularity: str = "per_tensor",
         channel_axis: int = 0,
         init: str = "linear",
         method: str = "lloyd",
         cache_index: bool = True,
+        config: SharingConfig | None = None,
     ) -> None:
         super().__init__()
+        if config is None:
+            if bits is None:
+                raise TypeError("WeightSharing needs bits= or config=")
+            config = SharingConfig(
+                bits=bits,
+                granularity=granularity,
+                channel_axis=channel_axis,
+                init=init,
+                method=method,
+            )
+        elif not isinstance(config, SharingConfig):
+            raise TypeError(f"config must be a SharingConfig, got {type(config).__name__}")
+        if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex():
+            raise TypeError(f"index must be an integer tensor, got {_describe(index)}")
+        if codebook is not None and not (
+            isinstance(codebook, Tensor) and codebook.is_floating_point()
+        ):
+            raise TypeError(f"codebook must be a floating-point tensor, got {_describe(codebook)}")
         self.register_buffer("index", index)
+        self.config = config
         # The zero code is the number of centroids; kept here (and in the extra state)
         # because right_inverse does not see the codebook.
         self.num_centroids = int(codebook.shape[-1]) if codebook is not None else 0
-        self.bits = bits
-        self.granularity = granularity
-        self.channel_axis = channel_axis
-        self.init = init
-        self.method = method
         self.cache_index = cache_index
         self._pending_codebook = codebook
         self._cache: Tensor | None = None
         self._cache_key: tuple | None = None
 
-    # -- state that must survive state_dict() ------------------------------------------
-    def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "bits": self.bits,
-            "granularity": self.granularity,
-            "channel_axis": self.channel_axis,
-            "init": self.init,
-            "method": self.method,
-            "num_centroids": self.num_centroids,
-        }
+    # The settings, read from the config (replace the config to change them).
+    bits = property(lambda self: self.config.bits, doc="The sharing width.")
+    granularity = property(lambda self: self.config.granularity, doc="Codebook granularity.")
+    channel_axis = property(lambda self: self.config.channel_axis, doc="The channel axis.")
+    init = property(lambda self: self.config.init, doc="k-means initialisation.")
+    method = property(lambda self: self.config.method, doc="k-means method.")
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        for key in ("bits", "granularity", "channel_axis", "init", "method", "num_centroids"):
-            setattr(self, key, state[key])
+    # -- state that must survive state_dict() ------------------------------------------
+    def get_extra_state(self) -> Tensor:
+        # A tensor, not a dict, so that a state_dict holds only tensors (safetensors).
+        return self.config.to_state(self.num_centroids)
+
+    def set_extra_state(self, state: Tensor | dict[str, Any]) -> None:
+        # Also the dict of 0.1.0 checkpoints; calibration settings stay as they are.
+        config, k = SharingConfig.from_state(state)
+        self.config = config.replace(algorithm=self.config.algorithm, damping=self.config.damping)
+        self.num_centroids = k
+
+    def check_state_dict(self, state_dict: Mapping[str, Any], prefix: str) -> str | None:
+        """The problem of loading these entries into this parametrization, or ``None``.
+
+        torch's ``load_state_dict`` copies each entry in place: it cannot resize the
+        codebook or widen the index, and it copies what fits before raising on what does
+        not. So everything is checked here first: the sharing state, the index (an
+        integer tensor of this index's shape whose codes fit both the new codebook and
+        this index's dtype) and the codebook (this codebook's shape).
+
+        Args:
+            state_dict (Mapping): the entries, keys as in ``module.state_dict()``.
+            prefix (str): this parametrization's key prefix, e.g.
+                ``"fc.parametrizations.weight.0."``.
+
+        Returns:
+            A message, or ``None`` when the entries can be loaded (absent ones are left
+            to the caller's strictness).
+
+        Example:
+            >>> ws = WeightSharing(torch.zeros(3, dtype=torch.uint8), torch.zeros(2), bits=1)
+            >>> sd = {"0.index": torch.tensor([0, 1, 3], dtype=torch.uint8),
+            ...       "0._extra_state": ws.get_extra_state(), "original": torch.zeros(2)}
+            >>> ws.check_state_dict(sd, "0.")
+            'index codes must lie in [0, 2], got 0..3'
+        """
+        extra_key = prefix + "_extra_state"
+        if extra_key not in state_dict:
+            return None
+        try:
+            config, k = SharingConfig.from_state(state_dict[extra_key])
+            config.check_tensor(self.index.dim())
+        except (TypeError, ValueError) as err:
+            return str(err)
+        index = state_dict.get(prefix + "index")
+        if index is not None:
+            if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex():
+                return f"index must be an integer tensor, got {_describe(index)}"
+            if index.shape != self.index.shape:
+                return (
+                    f"index has shape {tuple(index.shape)}, the module's {tuple(self.index.shape)}"
+                )
+            if index.numel():
+                lo, hi = int(index.min()), int(index.max())
+                if lo < 0 or hi > k:
+                    return f"index codes must lie in [0, {k}], got {lo}..{hi}"
+                if hi > max_code(self.index.dtype):
+                    return (
+                        f"code {hi} does not fit this module's {self.index.dtype} index; load "
+                        "with torchprune_share.load_state_dict, which re-creates it"
+                    )
+        if k != self.num_centroids or config.granularity != self.granularity:
+            return (
+                f"the checkpoint's codebook has {k} centroids {config.granularity}, this "
+                f"module's {self.num_centroids} {self.granularity}; torch's load_state_dict "
+                "cannot resize it: load with torchprune_share.load_state_dict"
+            )
+        chain_prefix = prefix[: prefix.rstrip(".").rfind(".") + 1]  # drop "<i>."
+        codebook = state_dict.get(chain_prefix + "original")
+        if codebook is not None and not (
+            isinstance(codebook, Tensor) and codebook.is_floating_point()
+        ):
+            return f"codebook must be a floating-point tensor, got {_describe(codebook)}"
+        return None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        problem = self.check_state_dict(state_dict, prefix)
+        if problem is not None:  # change nothing
+            error_msgs.append(f"{prefix[:-1]}: {problem}")
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._cache = self._cache_key = None
 
     def extra_repr(self) -> str:
         return (
@@ -240,7 +312,7 @@ class WeightSharing(nn.Module):
             >>> ws.kept()
             tensor([ True, False,  True])
         """
-        if self.num_centroids > _max_code(self.index.dtype):
+        if self.num_centroids > max_code(self.index.dtype):
             # The zero code does not fit the dtype (256 centroids in a uint8 index), so no
             # entry can hold it; comparing would wrap 256 to 0 and call code 0 pruned.
             return torch.ones_like(self.index, dtype=torch.bool)
@@ -265,8 +337,11 @@ class WeightSharing(nn.Module):
             tensor([ 0,  7, 17, 21], dtype=torch.int32)
         """
         idx = self.index
-        key = (idx.device, idx.data_ptr(), idx._version, k)
-        if self._cache is not None and self._cache_key == key:
+        # Under a tracer or compiler the index may be a fake tensor with no data pointer,
+        # and a cached tensor would become a constant of the graph: compute it afresh.
+        cache = self.cache_index and not is_tracing(idx)
+        key = (idx.device, idx.data_ptr(), tensor_version(idx), k) if cache else None
+        if cache and self._cache is not None and self._cache_key == key:
             return self._cache
         # A cache built under inference_mode would be an inference tensor, which a later
         # training forward could not save for backward.
@@ -284,14 +359,22 @@ class WeightSharing(nn.Module):
             n = flat.numel()
             copies = torch.arange(SPREAD, device=idx.device, dtype=torch.int32) * (rows * (k + 1))
             flat = flat + copies.repeat(-(-n // SPREAD))[:n]
-        if self.cache_index:
+        if cache:
             self._cache, self._cache_key = flat, key
         return flat
 
     def forward(self, codebook: Tensor) -> Tensor:
-        return _CodebookGather.apply(
-            codebook, self.flat_index(codebook.shape[-1]), self.index.shape
-        )
+        flat = self.flat_index(codebook.shape[-1])
+        if torch.jit.is_tracing():
+            # torch.jit.trace cannot record an autograd.Function: the same gather in plain
+            # ops (autograd's gradient of it is the same sum per centroid).
+            zero = codebook.new_zeros((*codebook.shape[:-1], 1))
+            table = torch.cat([codebook, zero], dim=-1).reshape(-1).repeat(SPREAD)
+            return table.index_select(0, flat).view(self.index.shape)
+        return CodebookGather.apply(codebook, flat, self.index.shape)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise_not_scriptable()
 
     def right_inverse(self, value: Tensor) -> Tensor:
         """Return the codebook for ``value``: clustered anew, keeping the zero pattern.
@@ -302,15 +385,7 @@ class WeightSharing(nn.Module):
         if self._pending_codebook is not None:
             codebook, self._pending_codebook = self._pending_codebook, None
             return codebook.to(dtype=value.dtype, device=value.device)
-        codebook, index = cluster(
-            value,
-            self.kept(),
-            bits=self.bits,
-            granularity=self.granularity,
-            channel_axis=self.channel_axis,
-            init=self.init,
-            method=self.method,
-        )
+        codebook, index = cluster(value, self.kept(), config=self.config)
         self.set_index(index, codebook.shape[-1])
         return codebook
 
@@ -336,87 +411,6 @@ class WeightSharing(nn.Module):
         self._cache_key = None
 
 
-def cluster(
-    weight: Tensor,
-    mask: Tensor | None,
-    *,
-    bits: int,
-    granularity: str = "per_tensor",
-    channel_axis: int = 0,
-    init: str = "linear",
-    method: str = "lloyd",
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Cluster the kept entries of ``weight`` into a codebook and an index.
-
-    Args:
-        weight (Tensor): the dense floating-point tensor.
-        mask (Tensor, optional): ``bool``, ``False`` for pruned entries (they get the zero
-            code). ``None`` keeps every entry.
-        bits (int): at most ``2**bits`` centroids per codebook.
-        granularity (str): ``"per_tensor"`` or ``"per_channel"``.
-        channel_axis (int): the channel dimension for ``"per_channel"``.
-        init (str): see :func:`torchprune_share.kmeans.kmeans1d`.
-        method (str): see :func:`torchprune_share.kmeans.kmeans1d`.
-        generator (torch.Generator, optional): randomness for random inits.
-
-    Returns:
-        ``(codebook, index)``: codebook of ``weight``'s dtype, ``(k,)`` or ``(C, k)``, and
-        the index in ``weight``'s shape with the smallest sufficient dtype
-        (see :func:`index_dtype`).
-
-    Example:
-        >>> cb, idx = cluster(torch.tensor([0.1, 0.2, 0.9, 1.0]), None, bits=1)
-        >>> cb, idx
-        (tensor([0.1500, 0.9500]), tensor([0, 0, 1, 1], dtype=torch.uint8))
-    """
-    if mask is None:
-        mask = torch.ones_like(weight, dtype=torch.bool)
-    # Boolean gathers and scatters of tens of millions of entries cost as much as the
-    # clustering itself; a tensor with nothing pruned needs neither.
-    dense = bool(mask.all())
-    work_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    w = weight.detach().to(work_dtype)
-    if granularity == "per_tensor":
-        kept = w.reshape(-1) if dense else w[mask]
-        if kept.numel() == 0:
-            codebook = w.new_zeros(0)
-            codes = torch.zeros(weight.shape, dtype=torch.int64, device=weight.device)
-        else:
-            codebook, labels = kmeans.kmeans1d(
-                kept, 2**bits, init=init, method=method, generator=generator
-            )
-            if dense:
-                codes = labels.to(w.device).view(weight.shape)
-            else:
-                codes = torch.full(
-                    weight.shape, codebook.numel(), dtype=torch.int64, device=w.device
-                )
-                codes[mask] = labels.to(w.device)
-    else:
-        dim = channel_axis % max(weight.dim(), 1)
-        rows = w.movedim(dim, 0).reshape(w.shape[dim] if w.dim() else 1, -1)
-        row_mask = mask.movedim(dim, 0).reshape(rows.shape)
-        if not bool(row_mask.any()):
-            codebook = w.new_zeros(rows.shape[0], 0)
-            labels = torch.zeros(rows.shape, dtype=torch.int64, device=w.device)
-        else:
-            codebook, labels = kmeans.kmeans1d(
-                rows,
-                2**bits,
-                init=init,
-                method=method,
-                sample_weight=row_mask.to(work_dtype),
-                generator=generator,
-            )
-        labels = torch.where(row_mask, labels.to(w.device), codebook.shape[-1])
-        moved_shape = (w.shape[dim], *[s for i, s in enumerate(w.shape) if i != dim])
-        codes = labels.reshape(moved_shape).movedim(0, dim)
-    k = codebook.shape[-1]
-    max_code = max(k - 1, 0) if dense else k
-    return codebook.to(weight.dtype), codes.to(index_dtype(max_code)).contiguous()
-
-
 def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
     """``__deepcopy__`` of a parametrized module whose copy gets a class of its own.
 
@@ -433,19 +427,97 @@ def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module
     replica = self.__new__(type(cls.__name__, cls.__bases__, namespace))
     memo[id(self)] = replica
     replica.__dict__ = copy.deepcopy(self.__dict__, memo)
-    for slot in copyreg._slotnames(cls):  # type: ignore[attr-defined]
+    for slot in slot_names(cls):
         if hasattr(self, slot):
             setattr(replica, slot, copy.deepcopy(getattr(self, slot), memo))
     return replica
 
 
-def _register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
-    """``parametrize.register_parametrization``, with copies that do not share the class."""
+def check_sharing_entries(
+    chain: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """``load_state_dict`` pre-hook of a parametrization chain holding a :class:`WeightSharing`.
+
+    Runs before the chain copies its ``original`` (the codebook): when the incoming entries
+    do not fit (:meth:`WeightSharing.check_state_dict`), none of them is copied, and the
+    problem is reported (torch's ``load_state_dict`` then raises).
+
+    Args:
+        chain (nn.Module): the ``ParametrizationList`` (``module.parametrizations[name]``).
+        state_dict (dict): the entries being loaded (this load's own copy).
+        prefix (str): the chain's key prefix, e.g. ``"fc.parametrizations.weight."``.
+        local_metadata, strict, missing_keys, unexpected_keys: as torch passes them.
+        error_msgs (list[str]): where the problem is reported.
+
+    Example:
+        >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+        >>> ws = WeightSharing(torch.zeros(4, 4, dtype=torch.uint8), torch.zeros(1), bits=1)
+        >>> register(a, "weight", ws)  # registers this hook
+        >>> register(b, "weight", WeightSharing(torch.ones(4, 4, dtype=torch.uint8),
+        ...                                     torch.ones(2), bits=1))
+        >>> a.load_state_dict(b.state_dict())
+        Traceback (most recent call last):
+        ...
+        RuntimeError: Error(s) in loading state_dict for ParametrizedLinear:
+            parametrizations.weight: the checkpoint's codebook has 2 centroids per_tensor, ...
+        >>> bool((a.weight == 0).all())
+        True
+    """
+    for i, p in enumerate(chain):
+        if isinstance(p, WeightSharing):
+            problem = p.check_state_dict(state_dict, f"{prefix}{i}.")
+            if problem is not None:
+                # Load the current values instead (a bitwise no-op), so that only this
+                # problem is reported, not missing keys.
+                current = {
+                    "original": chain.original.detach(),
+                    f"{i}.index": p.index,
+                    f"{i}._extra_state": p.get_extra_state(),
+                }
+                for key, value in current.items():
+                    if prefix + key in state_dict:
+                        state_dict[prefix + key] = value
+                error_msgs.append(f"{prefix[:-1]}: {problem}")
+
+
+def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
+    """``parametrize.register_parametrization``, with deep copies that do not share the class.
+
+    A :class:`WeightSharing` also gets its entries checked before torch's
+    ``load_state_dict`` copies any of them (:func:`check_sharing_entries`), so a failed
+    load leaves the module as it was.
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
+        reparam (nn.Module): the parametrization.
+        unsafe (bool): as in ``register_parametrization`` (skip its consistency checks).
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> register(lin, "weight", PruningMask(torch.ones(2, 2, dtype=torch.bool)))
+        >>> type(copy.deepcopy(lin)) is not type(lin)
+        True
+    """
     parametrize.register_parametrization(module, name, reparam, unsafe=unsafe)
+    if isinstance(reparam, WeightSharing):
+        module.parametrizations[name].register_load_state_dict_pre_hook(check_sharing_entries)
     cls = type(module)
     # Only replace torch's default (injected when the module's own class has none).
-    if getattr(cls.__dict__.get("__deepcopy__"), "__qualname__", "").endswith("default_deepcopy"):
+    if is_torch_default_deepcopy(cls):
         cls.__deepcopy__ = _deepcopy_with_own_class
+
+
+# 0.1.0 names, kept for the merge of parallel branches.
+_register = register
+_CodebookGather = CodebookGather
 
 
 def get_reparametrization(module: nn.Module, name: str) -> nn.Module | None:

@@ -1,4 +1,4 @@
-"""Policies: which tensors to prune or share, how much, and when (the seed's LevelPruner, Quantizer).
+"""Policies: which tensors to prune or share, how much, and when (LevelPruner, Quantizer).
 
 Policy objects take configs, validated when built and again against a model before anything
 changes; the mechanisms they drive (:func:`~torchprune_share.level_prune`,
@@ -18,72 +18,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis import ScanResult, default_parameter_names, resolve_tensor
-from .parametrizations import GRANULARITIES, PruningMask, WeightSharing, get_reparametrization
+from .names import split
+from .options import Problems, check_option_names, option_entries, raise_problems, with_defaults
+from .parametrizations import get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
+from .quantizer import Quantizer
+from .recommend import recommend_bits, recommend_sparsities
 from .schedules import ConstantSchedule, SparsitySchedule
-from .sharing import INITS, METHODS, recluster, register_weight_sharing
+from .state import MASKED, TensorState
 
 __all__ = ["LevelPruner", "Quantizer", "recommend_bits", "recommend_sparsities"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT = "*"
-
-
-def _entries(options: object, what: str) -> list[tuple[Any, ...]]:
-    """Options as a list of tuples: from ``{name: value}`` or ``[[name, value, ...], ...]``."""
-    if isinstance(options, Mapping):
-        return [(k, *(v if isinstance(v, tuple) else (v,))) for k, v in options.items()]
-    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence):
-        raise TypeError(
-            f"{what} options must be a list of [name, value] pairs or a dict, "
-            f"got {type(options).__name__}"
-        )
-    out = []
-    for entry in options:
-        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence):
-            raise TypeError(f"{what} options: each entry must be [name, value], got {entry!r}")
-        out.append(tuple(entry))
-    return out
-
-
-def _raise_bad(what: str, bad: list[str]) -> None:
-    if bad:
-        raise ValueError(
-            f"{what} options have {len(bad)} bad entries (nothing applied): " + "; ".join(bad)
-        )
-
-
-def _check_names(entries: list[tuple[Any, ...]], bad: list[str]) -> None:
-    names = [e[0] if e else None for e in entries]
-    for name in names:
-        if not isinstance(name, str):
-            bad.append(f"{name!r}: a name must be a str such as 'fc1.weight' or '*'")
-    dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
-    if dupes:
-        bad.append(f"duplicate names {dupes}")
-
-
-def _resolve_all(
-    model: nn.Module, names: Sequence[str], what: str
-) -> dict[str, tuple[nn.Module, str]]:
-    """Resolve every explicit name and the ``"*"`` default; raise listing all unknown names."""
-    bad, found, seen = [], {}, {}
-    for name in names:
-        if name == DEFAULT:
-            continue
-        try:
-            found[name] = resolve_tensor(model, name)
-        except ValueError as err:
-            bad.append(str(err))
-            continue
-        key = (id(found[name][0]), found[name][1])
-        if key in seen:
-            bad.append(f"duplicate: {name!r} names the same tensor as {seen[key]!r}")
-        seen[key] = name
-    _raise_bad(what, bad)
-    return found
 
 
 class LevelPruner:
@@ -101,7 +47,8 @@ class LevelPruner:
             (e.g. :class:`~torchprune_share.schedules.AGPSchedule`). The name ``"*"`` sets a
             default for every weight of dim >= 2 not named otherwise. Names and values are
             checked here (duplicates, ranges) and against the model before anything is
-            pruned (unknown names); a ``ValueError`` lists every bad entry.
+            pruned (unknown names); one error lists every bad entry
+            (``TypeError`` when each is a wrong type, else ``ValueError``).
         model (nn.Module, optional): the model, to check names now and for :meth:`step`.
 
     Example:
@@ -118,9 +65,9 @@ class LevelPruner:
         *,
         model: nn.Module | None = None,
     ) -> None:
-        entries = _entries(options, "LevelPruner")
-        bad: list[str] = []
-        _check_names(entries, bad)
+        entries = option_entries(options, "LevelPruner")
+        bad = Problems()
+        check_option_names(entries, bad)
         self.options: dict[str, SparsitySchedule] = {}
         for entry in entries:
             if len(entry) != 2:
@@ -128,7 +75,7 @@ class LevelPruner:
                 continue
             name, value = entry
             if not isinstance(name, str):
-                continue  # reported by _check_names
+                continue  # reported by check_option_names
             if isinstance(value, SparsitySchedule):
                 self.options[name] = value
             elif isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -137,10 +84,10 @@ class LevelPruner:
                 else:
                     bad.append(f"{name!r}: sparsity {value} is not in [0, 1]")
             else:
-                bad.append(
+                bad.type_error(
                     f"{name!r}: sparsity must be a float in [0, 1] or a schedule, got {value!r}"
                 )
-        _raise_bad("LevelPruner", bad)
+        raise_problems("LevelPruner", bad)
         self.model = model
         self.last_step: int | None = None
         self._applied: dict[str, tuple[Any, float]] = {}
@@ -166,15 +113,7 @@ class LevelPruner:
             >>> [(q, s.final) for q, _, _, s in LevelPruner({"1.weight": 0.5, "*": 0.2}).targets(net)]
             [('1.weight', 0.5), ('0.weight', 0.2)]
         """
-        found = _resolve_all(model, list(self.options), "LevelPruner")
-        out = [(q, *found[q], s) for q, s in self.options.items() if q != DEFAULT]
-        if DEFAULT in self.options:
-            named = {(id(m), n) for m, n in found.values()}
-            for q in default_parameter_names(model):
-                module, name = resolve_tensor(model, q)
-                if (id(module), name) not in named:
-                    out.append((q, module, name, self.options[DEFAULT]))
-        return out
+        return with_defaults(model, self.options, "LevelPruner")
 
     def prune(
         self, model: nn.Module | None = None, update_masks: bool = False, step: int | None = None
@@ -204,12 +143,14 @@ class LevelPruner:
                 "prune needs the model (prune(model=...) or LevelPruner(..., model=...))"
             )
         if step is not None:
-            if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-                raise ValueError(f"step must be an int >= 0, got {step!r}")
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+                raise TypeError(f"step must be an int >= 0, got {type(step).__name__}")
+            if step < 0:
+                raise ValueError(f"step must be an int >= 0, got {step}")
             self.last_step = int(step)
         self.model = model
         t = self.last_step if self.last_step is not None else 0
-        plan, bad, targets = [], [], {}
+        plan, bad, targets = [], Problems(), {}
         for q, module, name, schedule in self._cached_targets(model):
             target = schedule.sparsity(t)
             targets[q] = target
@@ -225,10 +166,10 @@ class LevelPruner:
             try:
                 value, keep = compressible_state(module, name)
             except (TypeError, ValueError) as err:
-                bad.append(f"{q!r}: {err}")
+                bad.error(f"{q!r}: ", err)
                 continue
             plan.append((q, module, name, target, value, keep))
-        _raise_bad("LevelPruner", bad)
+        raise_problems("LevelPruner", bad)
         for q, module, name, target, value, keep in plan:
             want = round(target * value.numel())
             if update_masks:
@@ -249,7 +190,7 @@ class LevelPruner:
         cached = self._targets_cache
         if cached is not None and cached[0]() is model:
             try:
-                if all(model.get_submodule(q.rpartition(".")[0]) is m for q, m, _, _ in cached[1]):
+                if all(model.get_submodule(split(q)[0]) is m for q, m, _, _ in cached[1]):
                     return cached[1]
             except AttributeError:
                 pass
@@ -261,9 +202,9 @@ class LevelPruner:
     def _recompute(
         module: nn.Module, name: str, value: torch.Tensor, keep: torch.Tensor, want: int
     ) -> None:
-        reparam = get_reparametrization(module, name)
-        if isinstance(reparam, PruningMask):
-            scores = module.parametrizations[name].original.detach()
+        state = TensorState.of(module, name)
+        if state.kind == MASKED:
+            scores = state.parameter().detach()
             base = torch.ones_like(keep)
         else:  # shared or torch-pruned entries hold no value to come back with
             scores, base = value, keep
@@ -272,7 +213,7 @@ class LevelPruner:
             logger.info("%s: %d entries stay pruned, above the target of %d", name, pruned, want)
         extra = max(want - pruned, 0)
         new_keep = level_mask(scores, base, extra)
-        if reparam is None and bool(new_keep.all()):
+        if not state.compressed and bool(new_keep.all()):
             return
         apply_keep_mask(module, name, new_keep)
 
@@ -328,292 +269,4 @@ class LevelPruner:
         return f"LevelPruner({self.options!r})"
 
 
-_SHARING_KEYS = ("init", "method", "granularity", "channel_axis", "cache_index", "generator")
-
-
-def _sharing_errors(kwargs: Mapping[str, Any]) -> list[str]:
-    bad = []
-    unknown = sorted(set(kwargs) - set(_SHARING_KEYS))
-    if unknown:
-        bad.append(f"unknown settings {unknown} (expected some of {list(_SHARING_KEYS)})")
-    checks = (("init", INITS), ("method", METHODS), ("granularity", GRANULARITIES))
-    for key, allowed in checks:
-        if key in kwargs and kwargs[key] not in allowed:
-            bad.append(f"{key} must be one of {allowed}, got {kwargs[key]!r}")
-    axis = kwargs.get("channel_axis", 0)
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        bad.append(f"channel_axis must be an int, got {axis!r}")
-    gen = kwargs.get("generator")
-    if gen is not None and not isinstance(gen, torch.Generator):
-        bad.append(f"generator must be a torch.Generator, got {type(gen).__name__}")
-    return bad
-
-
-class Quantizer:
-    r"""k-means weight sharing of named tensors at per-tensor bit widths.
-
-    :meth:`quantize` registers :func:`~torchprune_share.register_weight_sharing` on each
-    tensor, or re-clusters an already shared one (:func:`~torchprune_share.recluster`, the
-    seed's "re-train and re-quantize"). Build a new optimizer afterwards: the codebooks are
-    new parameters.
-
-    Args:
-        options: ``[(name, bits), ...]``, ``[(name, bits, {setting: value}), ...]`` or
-            ``{name: bits}``; ``bits`` an int in [1, 16]; ``"*"`` sets a default for every
-            weight of dim >= 2 not named otherwise. Checked here and against the model
-            before anything changes; a ``ValueError`` lists every bad entry.
-        init, method, granularity, channel_axis, cache_index, generator: default sharing
-            settings (see :func:`~torchprune_share.register_weight_sharing`), overridden
-            per entry by its settings dict.
-        model (nn.Module, optional): the model, to check names now.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> quantizer = Quantizer(options=[("0.weight", 2), ("2.weight", 3)])
-        >>> with torch.no_grad():
-        ...     _ = quantizer.quantize(net)
-        >>> len(torch.unique(net[0].weight.detach())) <= 4
-        True
-    """
-
-    def __init__(
-        self,
-        options: Sequence[Sequence[Any]] | Mapping[str, Any],
-        *,
-        init: str = "linear",
-        method: str = "lloyd",
-        granularity: str = "per_tensor",
-        channel_axis: int = 0,
-        cache_index: bool = True,
-        generator: torch.Generator | None = None,
-        model: nn.Module | None = None,
-    ) -> None:
-        defaults = {
-            "init": init,
-            "method": method,
-            "granularity": granularity,
-            "channel_axis": channel_axis,
-            "cache_index": cache_index,
-            "generator": generator,
-        }
-        errors = _sharing_errors(defaults)
-        if errors:
-            raise ValueError("Quantizer settings: " + "; ".join(errors))
-        entries = _entries(options, "Quantizer")
-        bad: list[str] = []
-        _check_names(entries, bad)
-        self.options: dict[str, tuple[int, dict[str, Any]]] = {}
-        for entry in entries:
-            if len(entry) not in (2, 3):
-                bad.append(f"{entry!r}: expected (name, bits) or (name, bits, settings)")
-                continue
-            name, bits = entry[0], entry[1]
-            if not isinstance(name, str):
-                continue  # reported by _check_names
-            settings = entry[2] if len(entry) == 3 else {}
-            if (
-                isinstance(bits, bool)
-                or not isinstance(bits, numbers.Integral)
-                or not 1 <= bits <= 16
-            ):
-                bad.append(f"{name!r}: bits must be an int in [1, 16], got {bits!r}")
-                continue
-            if not isinstance(settings, Mapping):
-                bad.append(f"{name!r}: settings must be a dict, got {settings!r}")
-                continue
-            bad.extend(f"{name!r}: {e}" for e in _sharing_errors(settings))
-            self.options[name] = (int(bits), {**defaults, **settings})
-        _raise_bad("Quantizer", bad)
-        if model is not None:
-            self.targets(model)
-
-    def targets(self, model: nn.Module) -> list[tuple[str, nn.Module, str, int, dict[str, Any]]]:
-        """The tensors this quantizer acts on in ``model``, with their widths and settings.
-
-        Args:
-            model (nn.Module): the model.
-
-        Returns:
-            ``(qualified_name, module, name, bits, settings)`` tuples.
-
-        Raises:
-            ValueError: listing every name the model lacks.
-
-        Example:
-            >>> q = Quantizer([("0.weight", 4, {"granularity": "per_channel"})])
-            >>> [(n, b, s["granularity"]) for n, _, _, b, s in q.targets(nn.Sequential(nn.Linear(4, 2)))]
-            [('0.weight', 4, 'per_channel')]
-        """
-        found = _resolve_all(model, list(self.options), "Quantizer")
-        out = [(q, *found[q], *v) for q, v in self.options.items() if q != DEFAULT]
-        if DEFAULT in self.options:
-            named = {(id(m), n) for m, n in found.values()}
-            for q in default_parameter_names(model):
-                module, name = resolve_tensor(model, q)
-                if (id(module), name) not in named:
-                    out.append((q, module, name, *self.options[DEFAULT]))
-        return out
-
-    def quantize(self, model: nn.Module) -> nn.Module:
-        r"""Share (or re-cluster) every target tensor of ``model``.
-
-        Every tensor is checked first (name, dtype, finite values, channel axis); on a
-        problem a ``ValueError`` lists them all and nothing changes.
-
-        Args:
-            model (nn.Module): the model, changed in place.
-
-        Returns:
-            ``model``.
-
-        Example:
-            >>> net = nn.Sequential(nn.Linear(16, 8))
-            >>> q = Quantizer({"*": 4})
-            >>> _ = q.quantize(net)
-            >>> _ = q.quantize(net)  # re-clusters the trained values
-            >>> net[0].parametrizations.weight.original.numel() <= 16
-            True
-        """
-        bad, plan = [], self.targets(model)
-        for q, module, name, _, settings in plan:
-            try:
-                value, _ = compressible_state(module, name)
-            except (TypeError, ValueError) as err:
-                bad.append(f"{q!r}: {err}")
-                continue
-            axis = settings["channel_axis"]
-            if settings["granularity"] == "per_channel" and not -value.dim() <= axis < max(
-                value.dim(), 1
-            ):
-                bad.append(f"{q!r}: channel_axis {axis} out of range for a {value.dim()}-D tensor")
-        _raise_bad("Quantizer", bad)
-        for q, module, name, bits, settings in plan:
-            if isinstance(get_reparametrization(module, name), WeightSharing):
-                recluster(module, name, bits=bits, **settings)
-            else:
-                register_weight_sharing(module, name, bits, **settings)
-            logger.debug("%s shared at %d bits", q, bits)
-        return model
-
-    def __repr__(self) -> str:
-        widths = {q: b for q, (b, _) in self.options.items()}
-        return f"Quantizer({widths!r})"
-
-
-# -- from a scan to options ---------------------------------------------------------------
-def _acceptance(
-    scan: Mapping[str, Mapping[Any, Mapping[str, float]]],
-    max_drop: float,
-    metric: str,
-    baseline: float | None,
-    higher_is_better: bool | None,
-) -> tuple[float, bool]:
-    if isinstance(max_drop, bool) or not isinstance(max_drop, numbers.Real) or max_drop < 0:
-        raise ValueError(f"max_drop must be a number >= 0, got {max_drop!r}")
-    if baseline is None:
-        base = getattr(scan, "baseline", {})
-        if metric not in base:
-            raise ValueError(
-                f"no baseline {metric!r} in the scan; pass baseline= (the unchanged model's {metric})"
-            )
-        baseline = base[metric]
-    if higher_is_better is None:
-        higher_is_better = "loss" not in metric.lower()
-    return float(baseline), higher_is_better
-
-
-def _ok(
-    metrics: Mapping[str, float] | None, metric: str, baseline: float, max_drop: float, higher: bool
-) -> bool:
-    if metrics is None or metric not in metrics:
-        return False
-    value = float(metrics[metric])
-    return value >= baseline - max_drop if higher else value <= baseline + max_drop
-
-
-def recommend_sparsities(
-    sens: ScanResult | Mapping[str, Mapping[float, Mapping[str, float]]],
-    max_drop: float = 1.0,
-    *,
-    metric: str = "accuracy",
-    baseline: float | None = None,
-    higher_is_better: bool | None = None,
-) -> list[list[Any]]:
-    r"""Per tensor, the highest scanned sparsity whose ``metric`` stays within ``max_drop``.
-
-    Levels are walked upwards and the walk stops at the first level that fails, so a noisy
-    recovery after a failure is not trusted; a tensor whose first level fails gets 0.0.
-
-    Args:
-        sens: a pruning scan (:func:`~torchprune_share.sensitivity.perform_sensitivity_analysis`).
-        max_drop (float): allowed drop of ``metric`` below the baseline (rise, for a loss),
-            in the metric's units (accuracy in percent points with the default validate).
-        metric (str): the metric. Default: ``"accuracy"``.
-        baseline (float, optional): the unchanged model's metric; default the scan's.
-        higher_is_better (bool, optional): default ``False`` for metrics named like a loss.
-
-    Returns:
-        ``[[name, sparsity], ...]``, the options of a :class:`LevelPruner`.
-
-    Example:
-        >>> sens = ScanResult({"fc.weight": {0.5: {"accuracy": 97.5}, 0.8: {"accuracy": 95.0}}},
-        ...                   baseline={"accuracy": 98.0})
-        >>> recommend_sparsities(sens, max_drop=1.0)
-        [['fc.weight', 0.5]]
-    """
-    base, higher = _acceptance(sens, max_drop, metric, baseline, higher_is_better)
-    out = []
-    for name, levels in sens.items():
-        chosen = 0.0
-        for level in sorted(levels):
-            if not _ok(levels[level], metric, base, max_drop, higher):
-                break
-            chosen = float(level)
-        out.append([name, chosen])
-    return out
-
-
-def recommend_bits(
-    bits: ScanResult | Mapping[str, Mapping[int, Mapping[str, float]]],
-    max_drop: float = 1.0,
-    *,
-    metric: str = "accuracy",
-    baseline: float | None = None,
-    higher_is_better: bool | None = None,
-) -> list[tuple[str, int]]:
-    r"""Per tensor, the fewest scanned bits whose ``metric`` stays within ``max_drop``.
-
-    Widths are walked downwards from the widest and the walk stops at the first failure. A
-    tensor whose widest scanned width already fails is left out (and logged as a warning).
-
-    Args:
-        bits: a bits scan (:func:`~torchprune_share.bits_analysis.perform_bits_analysis`).
-        max_drop (float): allowed drop of ``metric`` below the baseline (rise, for a loss).
-        metric (str): the metric. Default: ``"accuracy"``.
-        baseline (float, optional): the unchanged model's metric; default the scan's.
-        higher_is_better (bool, optional): default ``False`` for metrics named like a loss.
-
-    Returns:
-        ``[(name, bits), ...]``, the options of a :class:`Quantizer`.
-
-    Example:
-        >>> scan = ScanResult({"fc.weight": {2: {"accuracy": 90.0}, 4: {"accuracy": 97.9},
-        ...                                  6: {"accuracy": 98.0}}}, baseline={"accuracy": 98.0})
-        >>> recommend_bits(scan, max_drop=0.5)
-        [('fc.weight', 4)]
-    """
-    base, higher = _acceptance(bits, max_drop, metric, baseline, higher_is_better)
-    out = []
-    for name, levels in bits.items():
-        chosen = None
-        for level in sorted(levels, reverse=True):
-            if not _ok(levels[level], metric, base, max_drop, higher):
-                break
-            chosen = int(level)
-        if chosen is None:
-            logger.warning(
-                "%s: no scanned width keeps %s within %s; left unshared", name, metric, max_drop
-            )
-        else:
-            out.append((name, chosen))
-    return out
+# Settings of an option that are no SharingConfig field: how the tensor is held and built.

@@ -1,8 +1,7 @@
-"""Magnitude ("level") pruning, as a ``torch.nn.utils.prune`` method and as a parametrization.
+"""Magnitude ("level") pruning, as a parametrization (and torch's methods, re-exported).
 
-:class:`LevelPruningMethod` is a :class:`~torch.nn.utils.prune.BasePruningMethod`, so it
-works wherever torch takes a method (``apply``, ``global_unstructured``, iterative
-pruning through ``PruningContainer``, ``prune.remove``). :func:`level_prune` and
+:class:`LevelPruningMethod` (in :mod:`.prune_methods`) is a
+:class:`~torch.nn.utils.prune.BasePruningMethod`. :func:`level_prune` and
 :func:`global_level_prune` use the same mask computation but store the mask in a
 :class:`~torchprune_share.parametrizations.PruningMask` parametrization, which composes
 with weight sharing, deep-copies, and bakes with ``parametrize.remove_parametrizations``.
@@ -10,331 +9,38 @@ with weight sharing, deep-copies, and bakes with ``parametrize.remove_parametriz
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize, prune
 
-from .parametrizations import (
-    PruningMask,
-    WeightSharing,
-    _register,
-    get_reparametrization,
-    index_dtype,
+from .compat import prune_hook
+from .parametrizations import PruningMask, WeightSharing, index_dtype, register
+from .prune_methods import (
+    LevelPruningMethod,
+    SigmaThresholdPruningMethod,
+    amount_to_count,
+    check_finite,
+    level_mask,
+    smallest_k,
+    validate_amount,
 )
+from .state import FOREIGN, TORCH_PRUNED, TensorState, class_name
 
 __all__ = [
     "LevelPruningMethod",
     "SigmaThresholdPruningMethod",
+    "amount_to_count",
     "global_level_prune",
     "level_prune",
     "sigma_prune",
+    "smallest_k",
 ]
 
 
-# -- argument checks ------------------------------------------------------------------
-def validate_amount(amount: object) -> None:
-    """Raise unless ``amount`` is a float in [0, 1] or a non-negative int.
-
-    Args:
-        amount (object): the value to check. ``bool`` is rejected (it is an ``int`` in
-            Python, but ``amount=True`` is almost certainly a mistake).
-
-    Raises:
-        TypeError: ``amount`` is not a real number, or is a ``bool``.
-        ValueError: a float outside [0, 1] (NaN included) or a negative int.
-
-    Example:
-        >>> validate_amount(0.5)
-        >>> validate_amount(1.5)
-        Traceback (most recent call last):
-        ...
-        ValueError: amount must be a float in [0, 1] when a float, got 1.5
-    """
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(
-            f"amount must be a float in [0, 1] or a non-negative int, got {type(amount).__name__}"
-        )
-    if isinstance(amount, numbers.Integral):
-        if amount < 0:
-            raise ValueError(f"amount must be a non-negative int when an int, got {amount}")
-    elif not (0.0 <= float(amount) <= 1.0):
-        raise ValueError(f"amount must be a float in [0, 1] when a float, got {amount}")
-
-
-def amount_to_count(amount: float | int, n: int) -> int:
-    """Number of entries to prune among ``n``: ``round(amount * n)`` or the int itself.
-
-    Args:
-        amount (float or int): a fraction in [0, 1] or a count in [0, n].
-        n (int): the number of entries that can still be pruned.
-
-    Returns:
-        The count, an ``int`` in [0, n]. Python's ``round`` (half to even), as torch's
-        ``prune`` uses.
-
-    Raises:
-        TypeError, ValueError: see :func:`validate_amount`; also an int ``amount > n``.
-
-    Example:
-        >>> amount_to_count(0.3, 10), amount_to_count(0.25, 10), amount_to_count(7, 10)
-        (3, 2, 7)
-    """
-    validate_amount(amount)
-    if isinstance(amount, numbers.Integral):
-        if amount > n:
-            raise ValueError(
-                f"amount={amount} must be at most the number of unpruned entries ({n})"
-            )
-        return int(amount)
-    return round(float(amount) * n)
-
-
-def check_finite(t: Tensor, what: str) -> None:
-    """Raise ``ValueError`` if ``t`` holds NaN or Inf.
-
-    Args:
-        t (Tensor): the tensor to check (non-floating tensors always pass).
-        what (str): how to name ``t`` in the message.
-
-    Example:
-        >>> check_finite(torch.tensor([1.0, float("nan")]), "weight")
-        Traceback (most recent call last):
-        ...
-        ValueError: weight contains NaN or Inf; only finite values can be compressed
-    """
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{what} contains NaN or Inf; only finite values can be compressed")
-
-
-def smallest_k(scores: Tensor, k: int) -> Tensor:
-    """Boolean mask of exactly the ``k`` smallest entries of ``scores`` (ties: lowest index).
-
-    The threshold comes from a selection (``np.partition`` on CPU, ``torch.kthvalue``
-    elsewhere), not a sort or ``topk``.
-
-    Args:
-        scores (Tensor): 1-D scores; ``inf`` entries are never chosen while ``k`` leaves
-            room.
-        k (int): how many to choose, ``0 <= k <= scores.numel()``.
-
-    Returns:
-        ``bool`` tensor shaped like ``scores``.
-
-    Example:
-        >>> smallest_k(torch.tensor([3.0, 1.0, 2.0, 1.0]), 2)
-        tensor([False,  True, False,  True])
-    """
-    n = scores.numel()
-    if k <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    if k >= n:
-        return torch.ones_like(scores, dtype=torch.bool)
-    if scores.device.type == "cpu":
-        if scores.dtype not in (torch.float32, torch.float64):
-            scores = scores.to(torch.float32)
-        arr = scores.detach().numpy()
-        threshold = torch.tensor(np.partition(arr, k - 1)[k - 1], dtype=scores.dtype)
-    else:
-        threshold = torch.kthvalue(scores.detach(), k).values
-    chosen = scores < threshold
-    missing = k - int(chosen.sum())
-    if missing > 0:
-        # Ties at the threshold: take the first ``missing`` of them, in index order.
-        ties = torch.nonzero(scores == threshold).flatten()[:missing]
-        chosen[ties] = True
-    return chosen
-
-
-def level_mask(scores: Tensor, keep: Tensor, amount: float | int) -> Tensor:
-    """Prune ``amount`` of the kept entries with the smallest ``|scores|``.
-
-    Args:
-        scores (Tensor): importance (magnitude is taken), any shape.
-        keep (Tensor): ``bool``, the currently unpruned entries.
-        amount (float or int): fraction of the kept entries (float) or count (int).
-
-    Returns:
-        The new ``bool`` keep-mask: a subset of ``keep`` with exactly
-        ``amount_to_count(amount, keep.sum())`` fewer entries.
-
-    Example:
-        >>> w = torch.tensor([0.5, -0.1, 0.3, 0.2])
-        >>> level_mask(w, torch.tensor([True, True, False, True]), amount=0.5)  # round(1.5) = 2
-        tensor([ True, False, False, False])
-    """
-    n_keep = int(keep.sum())
-    k = amount_to_count(amount, n_keep)
-    flat = (
-        scores.detach()
-        .abs()
-        .reshape(-1)
-        .to(torch.float32 if scores.dtype != torch.float64 else torch.float64)
-    )
-    flat = flat.masked_fill(~keep.reshape(-1), math.inf)
-    return keep & ~smallest_k(flat, k).view(keep.shape)
-
-
-# -- torch.nn.utils.prune methods -----------------------------------------------------
-class LevelPruningMethod(prune.BasePruningMethod):
-    r"""Prune the ``amount`` smallest-magnitude entries of the still-unpruned ones.
-
-    Args:
-        amount (int or float): quantity of parameters to prune. A float in [0, 1] prunes
-            ``round(amount * n)`` of the ``n`` entries not yet masked; an int prunes that
-            many. Ties in magnitude are broken by position (lowest index first), so the
-            count is exact.
-
-    Example:
-        >>> lin = nn.Linear(10, 10)
-        >>> _ = LevelPruningMethod.apply(lin, "weight", amount=0.3)
-        >>> int((lin.weight == 0).sum())
-        30
-    """
-
-    PRUNING_TYPE = "unstructured"
-
-    def __init__(self, amount: float | int) -> None:
-        validate_amount(amount)
-        self.amount = amount
-
-    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        """Return ``default_mask`` with the ``amount`` smallest unmasked ``|t|`` zeroed.
-
-        Args:
-            t (Tensor): the tensor (or importance scores) to prune.
-            default_mask (Tensor): the mask from earlier pruning; only its nonzero entries
-                are candidates.
-
-        Returns:
-            The new mask, of ``default_mask``'s dtype.
-
-        Example:
-            >>> LevelPruningMethod(1).compute_mask(torch.tensor([3.0, -1.0, 2.0]), torch.ones(3))
-            tensor([1., 0., 1.])
-        """
-        keep = level_mask(t, default_mask != 0, self.amount)
-        return keep.to(default_mask.dtype)
-
-    @classmethod
-    def apply(  # type: ignore[override]
-        cls,
-        module: nn.Module,
-        name: str,
-        amount: float | int,
-        importance_scores: Tensor | None = None,
-    ) -> LevelPruningMethod:
-        """Add the pruning hook and mask to ``module.<name>`` (torch's hook mechanism).
-
-        Args:
-            module (nn.Module): module containing the tensor to prune.
-            name (str): parameter name within ``module``.
-            amount (int or float): see the class docstring.
-            importance_scores (Tensor, optional): scores in place of the parameter's values.
-
-        Returns:
-            The method instance attached to the module (a ``PruningContainer`` when the
-            tensor was pruned before).
-
-        Example:
-            >>> lin = nn.Linear(4, 4)
-            >>> _ = LevelPruningMethod.apply(lin, "weight", amount=6)
-            >>> int((lin.weight == 0).sum()), sorted(lin.state_dict())
-            (6, ['bias', 'weight_mask', 'weight_orig'])
-        """
-        # Check the count before torch's apply moves the parameter: its roll-back on a
-        # failed compute_mask re-registers it, which reorders the state_dict.
-        validate_amount(amount)
-        mask = getattr(module, name + "_mask", None)
-        if isinstance(mask, Tensor) and _torch_hook(module, name) is not None:
-            amount_to_count(amount, int((mask != 0).sum()))
-        elif isinstance(getattr(module, name, None), Tensor):
-            amount_to_count(amount, getattr(module, name).numel())
-        return super().apply(module, name, amount=amount, importance_scores=importance_scores)
-
-
-class SigmaThresholdPruningMethod(prune.BasePruningMethod):
-    r"""Prune entries with ``|w| < q * std(w)`` (Han et al. 2015's threshold).
-
-    The standard deviation is taken over the still-unpruned entries.
-
-    Args:
-        q (float): the sensitivity multiplier, ``q >= 0``.
-
-    Example:
-        >>> lin = nn.Linear(100, 100)
-        >>> _ = SigmaThresholdPruningMethod.apply(lin, "weight", q=1.0)
-        >>> 0.5 < float((lin.weight == 0).float().mean()) < 0.8
-        True
-    """
-
-    PRUNING_TYPE = "unstructured"
-
-    def __init__(self, q: float) -> None:
-        if isinstance(q, bool) or not isinstance(q, numbers.Real):
-            raise TypeError(f"q must be a non-negative float, got {type(q).__name__}")
-        if not (q >= 0 and math.isfinite(q)):
-            raise ValueError(f"q must be a finite float >= 0, got {q}")
-        self.q = float(q)
-
-    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        """Return ``default_mask`` with the unmasked entries below ``q * std`` zeroed.
-
-        Args:
-            t (Tensor): the tensor (or importance scores) to prune.
-            default_mask (Tensor): the mask from earlier pruning.
-
-        Returns:
-            The new mask, of ``default_mask``'s dtype.
-
-        Example:
-            >>> t = torch.tensor([-2.0, -0.1, 0.2, 2.0])
-            >>> SigmaThresholdPruningMethod(0.5).compute_mask(t, torch.ones(4))
-            tensor([1., 0., 0., 1.])
-        """
-        keep = default_mask != 0
-        kept = t.detach()[keep].double()
-        if kept.numel() < 2:
-            return default_mask.clone()
-        threshold = self.q * float(kept.std())
-        return (keep & (t.detach().abs() >= threshold)).to(default_mask.dtype)
-
-    @classmethod
-    def apply(  # type: ignore[override]
-        cls, module: nn.Module, name: str, q: float, importance_scores: Tensor | None = None
-    ) -> SigmaThresholdPruningMethod:
-        """Add the pruning hook and mask to ``module.<name>`` (torch's hook mechanism).
-
-        Args:
-            module (nn.Module): module containing the tensor to prune.
-            name (str): parameter name within ``module``.
-            q (float): see the class docstring.
-            importance_scores (Tensor, optional): scores in place of the parameter's values.
-
-        Returns:
-            The method instance attached to the module.
-
-        Example:
-            >>> lin = nn.Linear(2, 2)
-            >>> with torch.no_grad():
-            ...     _ = lin.weight.copy_(torch.tensor([[-2.0, -0.1], [0.2, 2.0]]))
-            >>> _ = SigmaThresholdPruningMethod.apply(lin, "weight", q=0.5)
-            >>> (lin.weight == 0).tolist()
-            [[False, True], [True, False]]
-        """
-        return super().apply(module, name, q=q, importance_scores=importance_scores)
-
-
 # -- reparametrization-based pruning ----------------------------------------------------
-def _torch_hook(module: nn.Module, name: str) -> prune.BasePruningMethod | None:
-    for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
-            return hook
-    return None
+# 0.1.0 name of compat.prune_hook, kept for the merge of parallel branches.
+_torch_hook = prune_hook
 
 
 def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
@@ -363,52 +69,19 @@ def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
         >>> value.shape, bool(keep.all())
         (torch.Size([2, 3]), True)
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    reparam = get_reparametrization(module, name)
-    with torch.no_grad():
-        if isinstance(reparam, PruningMask):
-            value, keep = getattr(module, name).detach(), reparam.mask.clone()
-        elif isinstance(reparam, WeightSharing):
-            value, keep = getattr(module, name).detach(), reparam.kept()
-        elif parametrize.is_parametrized(module, name):
-            raise ValueError(
-                f"name={name!r}: the tensor carries a foreign parametrization; remove it "
-                "(parametrize.remove_parametrizations) before compressing it"
-            )
-        elif _torch_hook(module, name) is not None:
-            value = getattr(module, name + "_orig").detach() * getattr(module, name + "_mask")
-            keep = getattr(module, name + "_mask") != 0
-        else:
-            param = module._parameters.get(name)
-            if param is None:
-                names = {n for n, p in module._parameters.items() if p is not None}
-                names |= (
-                    set(module.parametrizations) if parametrize.is_parametrized(module) else set()
-                )
-                names |= {
-                    h._tensor_name
-                    for h in module._forward_pre_hooks.values()
-                    if isinstance(h, prune.BasePruningMethod)
-                }
-                raise ValueError(
-                    f"name={name!r} is not a parameter of {_class_name(module)}; expected one "
-                    f"of {sorted(names)}"
-                )
-            value, keep = param.detach(), torch.ones_like(param, dtype=torch.bool)
+    state = TensorState.of(module, name)
+    if state.kind == FOREIGN:
+        raise ValueError(
+            f"name={name!r}: the tensor carries a foreign parametrization; remove it "
+            "(parametrize.remove_parametrizations) before compressing it"
+        )
+    value, keep = state.value(), state.keep()
     if not value.is_floating_point():
         raise TypeError(f"name={name!r} must name a floating-point tensor, got {value.dtype}")
     if value.numel() == 0:
         raise ValueError(f"name={name!r} names an empty tensor; there is nothing to compress")
-    check_finite(value, f"{_class_name(module)}.{name}")
+    check_finite(value, f"{class_name(module)}.{name}")
     return value, keep
-
-
-def _class_name(module: nn.Module) -> str:
-    """``Linear`` for a ``ParametrizedLinear``: the class the user knows."""
-    return parametrize.type_before_parametrizations(module).__name__
 
 
 def adopt_torch_pruning(module: nn.Module, name: str) -> None:
@@ -428,8 +101,9 @@ def adopt_torch_pruning(module: nn.Module, name: str) -> None:
         >>> sorted(lin.state_dict()), int((lin.weight == 0).sum())
         (['bias', 'weight'], 8)
     """
-    if _torch_hook(module, name) is not None:
-        prune.remove(module, name)
+    state = TensorState.find(module, name)
+    if state is not None and state.kind == TORCH_PRUNED:
+        state.to_plain()
 
 
 def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
@@ -450,7 +124,8 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
         >>> (lin.weight == 0).tolist()
         [[False, True], [True, False]]
     """
-    reparam = get_reparametrization(module, name)
+    state = TensorState.of(module, name)
+    reparam = state.reparam
     with torch.no_grad():
         if isinstance(reparam, WeightSharing):
             k = reparam.num_centroids
@@ -460,14 +135,15 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
         elif isinstance(reparam, PruningMask):
             reparam.mask.copy_(keep)
         else:
-            adopt_torch_pruning(module, name)
-            _register(module, name, PruningMask(keep))
+            if state.kind == TORCH_PRUNED:
+                state.to_plain()
+            register(module, name, PruningMask(keep))
 
 
 def level_prune(
     module: nn.Module,
     name: str = "weight",
-    amount: float | int = 0.5,
+    amount: float | int | None = None,
     importance_scores: Tensor | None = None,
 ) -> nn.Module:
     r"""Prune ``module.<name>`` by magnitude, keeping the mask as a parametrization.
@@ -480,13 +156,18 @@ def level_prune(
     Args:
         module (nn.Module): module containing the tensor to prune.
         name (str): parameter name within ``module``. Default: ``"weight"``.
-        amount (int or float): a float in [0, 1] prunes ``round(amount * n)`` of the ``n``
-            unpruned entries; an int prunes that many.
+        amount (int or float): required, as in torch's prune functions: a float in [0, 1]
+            prunes ``round(amount * n)`` of the ``n`` unpruned entries; an int prunes that
+            many.
         importance_scores (Tensor, optional): scores of the tensor's shape used in place of
             its values (magnitude is taken).
 
     Returns:
         ``module``, pruned in place.
+
+    Raises:
+        TypeError: ``amount`` is missing or no number; ``module``/``name`` of a wrong type.
+        ValueError: ``amount`` out of range, or a tensor that cannot be pruned.
 
     Example:
         >>> lin = nn.Linear(100, 10)
@@ -494,11 +175,21 @@ def level_prune(
         >>> int((lin.weight == 0).sum())
         800
     """
+    if amount is None:
+        raise TypeError(
+            "amount must be a float in [0, 1] or a non-negative int, and is required (as in "
+            "torch.nn.utils.prune): level_prune(module, name, amount), got NoneType"
+        )
     validate_amount(amount)
     value, keep = compressible_state(module, name)
     scores = value
     if importance_scores is not None:
-        if not isinstance(importance_scores, Tensor) or importance_scores.shape != value.shape:
+        if not isinstance(importance_scores, Tensor):
+            raise TypeError(
+                f"importance_scores must be a tensor of shape {tuple(value.shape)}, got "
+                f"{type(importance_scores).__name__}"
+            )
+        if importance_scores.shape != value.shape:
             raise ValueError(
                 f"importance_scores must be a tensor of shape {tuple(value.shape)}, got "
                 f"{getattr(importance_scores, 'shape', type(importance_scores).__name__)}"
@@ -559,7 +250,11 @@ def global_level_prune(
         s = value
         if importance_scores is not None and (m, n) in importance_scores:
             s = importance_scores[(m, n)]
-            if not isinstance(s, Tensor) or s.shape != value.shape:
+            if not isinstance(s, Tensor):
+                raise TypeError(
+                    f"importance_scores for {n!r} must be a tensor, got {type(s).__name__}"
+                )
+            if s.shape != value.shape:
                 raise ValueError(
                     f"importance_scores for {n!r} must be a tensor of shape "
                     f"{tuple(value.shape)}, got {getattr(s, 'shape', type(s).__name__)}"

@@ -1,4 +1,4 @@
-"""Pruning sensitivity analysis with the seed's names (a face over :mod:`.analysis`).
+"""Pruning sensitivity analysis with the dnn-compression-style names (a face over :mod:`.analysis`).
 
 Example:
     >>> from torchprune_share import sensitivity  # doctest: +SKIP

@@ -2,54 +2,100 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .kmeans import INITS, METHODS
-from .parametrizations import (
-    GRANULARITIES,
-    WeightSharing,
-    _register,
-    cluster,
-    get_reparametrization,
-)
-from .pruning import adopt_torch_pruning, compressible_state
+from .config import SharingConfig
+from .kmeans import INITS as INITS  # re-exported for 0.1.0 callers
+from .kmeans import METHODS as METHODS
+from .parametrizations import WeightSharing, cluster, register
+from .pruning import compressible_state
+from .state import TensorState
 
 __all__ = ["recluster", "register_weight_sharing"]
 
 
-def _validate_sharing_args(
-    bits: object, init: str, method: str, granularity: str, channel_axis: object
-) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"bits must be an int in [1, 16], got {type(bits).__name__}")
-    if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be an int in [1, 16], got {bits}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
-        raise TypeError(f"channel_axis must be an int, got {type(channel_axis).__name__}")
+def sharing_config(
+    config: SharingConfig | None,
+    given: dict[str, object],
+    base: SharingConfig | None = None,
+) -> SharingConfig:
+    """The :class:`SharingConfig` of a call that takes ``config=`` or loose settings.
+
+    Args:
+        config (SharingConfig, optional): the settings as one object.
+        given (dict): the loose settings the caller set (``{"bits": 2, ...}``).
+        base (SharingConfig, optional): where the settings not given come from; default
+            the defaults.
+
+    Returns:
+        ``config`` itself, or ``base`` with the given settings replaced (validated).
+
+    Raises:
+        TypeError: ``config`` is no :class:`SharingConfig`, or comes with loose settings;
+            a setting of the wrong type.
+        ValueError: a setting with a wrong value.
+
+    Example:
+        >>> sharing_config(None, {"bits": 2}).bits
+        2
+    """
+    if config is None:
+        return SharingConfig.from_mapping(given, base=base)
+    if not isinstance(config, SharingConfig):
+        raise TypeError(f"config must be a SharingConfig, got {type(config).__name__}")
+    if given:
+        raise TypeError(f"pass either config= or {sorted(given)}, not both")
+    return config
 
 
-def _check_channel_axis(granularity: str, channel_axis: int, dim: int) -> None:
-    if granularity != "per_channel":
-        return
-    if dim == 0:
-        raise ValueError(
-            'granularity="per_channel" needs a tensor with at least one dimension; use '
-            '"per_tensor" for a 0-D tensor'
+_DEFAULTS = SharingConfig()
+
+
+def check_runtime(cache_index: object, generator: object) -> None:
+    """Raise ``TypeError`` unless ``cache_index`` is a bool and ``generator`` a generator or None.
+
+    Args:
+        cache_index (object): the ``cache_index`` argument.
+        generator (object): the ``generator`` argument.
+
+    Example:
+        >>> check_runtime(True, None)
+        >>> check_runtime("yes", None)
+        Traceback (most recent call last):
+        ...
+        TypeError: cache_index must be a bool, got str
+    """
+    if not isinstance(cache_index, bool):
+        raise TypeError(f"cache_index must be a bool, got {type(cache_index).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
-    if not -dim <= channel_axis < dim:
-        raise ValueError(
-            f"channel_axis must be in [{-dim}, {dim - 1}] for a {dim}-D tensor, got {channel_axis}"
-        )
+
+
+def changed_settings(settings: dict[str, object]) -> dict[str, object]:
+    """The settings that differ from :class:`SharingConfig`'s defaults.
+
+    A caller passing ``config=`` must leave the loose settings at their defaults; these
+    are the ones it did not.
+
+    Args:
+        settings (dict): loose settings, ``{"bits": 4, "init": "density", ...}``.
+
+    Returns:
+        The entries whose value (or type) differs from the default.
+
+    Example:
+        >>> changed_settings({"bits": 4, "init": "density"})
+        {'init': 'density'}
+    """
+    out = {}
+    for key, value in settings.items():
+        default = getattr(_DEFAULTS, key)
+        if not (type(value) is type(default) and value == default):
+            out[key] = value
+    return out
 
 
 def register_weight_sharing(
@@ -63,6 +109,7 @@ def register_weight_sharing(
     channel_axis: int = 0,
     cache_index: bool = True,
     generator: torch.Generator | None = None,
+    config: SharingConfig | None = None,
 ) -> nn.Module:
     r"""Share the values of ``module.<name>`` through a trainable k-means codebook.
 
@@ -94,9 +141,16 @@ def register_weight_sharing(
         cache_index (bool): keep an ``int32`` gather index between forwards (faster
             training, 4 more bytes per weight in memory; never saved). Default: True.
         generator (torch.Generator, optional): randomness for the random inits.
+        config (SharingConfig, optional): ``bits``, ``init``, ``method``, ``granularity``
+            and ``channel_axis`` as one object, in place of those arguments (leave them at
+            their defaults).
 
     Returns:
         ``module``, with ``module.<name>`` parametrized.
+
+    Raises:
+        TypeError: a setting of the wrong type, or ``config`` given with loose settings.
+        ValueError: a setting out of range (the message names it), ``name`` already shared.
 
     Example:
         >>> lin = nn.Linear(64, 32)
@@ -106,33 +160,38 @@ def register_weight_sharing(
         >>> lin.parametrizations.weight.original.shape
         torch.Size([4])
     """
-    _validate_sharing_args(bits, init, method, granularity, channel_axis)
-    reparam = get_reparametrization(module, name)
+    loose = {
+        "bits": bits,
+        "init": init,
+        "method": method,
+        "granularity": granularity,
+        "channel_axis": channel_axis,
+    }
+    cfg = sharing_config(config, loose if config is None else changed_settings(loose))
+    check_runtime(cache_index, generator)
+    reparam = TensorState.of(module, name).reparam
     if isinstance(reparam, WeightSharing):
         raise ValueError(
             f"name={name!r} is already shared ({reparam.bits} bits); call "
             "torchprune_share.recluster(module, name, bits=...) to cluster it again"
         )
-    return _share(
-        module,
-        name,
-        int(bits),
-        init=init,
-        method=method,
-        granularity=granularity,
-        channel_axis=int(channel_axis),
-        cache_index=cache_index,
-        generator=generator,
-    )
+    return _share(module, name, cfg, cache_index=cache_index, generator=generator)
 
 
 def recluster(
     module: nn.Module,
     name: str = "weight",
     bits: int | None = None,
-    **kwargs: object,
+    *,
+    init: str | None = None,
+    method: str | None = None,
+    granularity: str | None = None,
+    channel_axis: int | None = None,
+    cache_index: bool | None = None,
+    generator: torch.Generator | None = None,
+    config: SharingConfig | None = None,
 ) -> nn.Module:
-    r"""Cluster a shared tensor again from its current values (the seed's "re-quantize").
+    r"""Cluster a shared tensor again from its current values (Deep Compression's re-quantize).
 
     The zero pattern is kept; the codebook is replaced (build a new optimizer after).
 
@@ -140,12 +199,18 @@ def recluster(
         module (nn.Module): module containing the shared tensor.
         name (str): parameter name. Default: ``"weight"``.
         bits (int, optional): new width; default keeps the current one.
-        **kwargs: ``init``, ``method``, ``granularity``, ``channel_axis``, ``cache_index``,
-            ``generator`` as in :func:`register_weight_sharing`; defaults keep the
-            current settings.
+        init, method, granularity, channel_axis, cache_index: as in
+            :func:`register_weight_sharing`; ``None`` (the default) keeps the current one.
+        generator (torch.Generator, optional): randomness for the random inits.
+        config (SharingConfig, optional): all the settings as one object, in place of
+            ``bits`` .. ``channel_axis``.
 
     Returns:
         ``module``.
+
+    Raises:
+        TypeError: a setting of the wrong type, or ``config`` given with loose settings.
+        ValueError: ``name`` is not shared, or a setting is out of range.
 
     Example:
         >>> lin = register_weight_sharing(nn.Linear(64, 32), bits=4)
@@ -153,40 +218,28 @@ def recluster(
         >>> lin.parametrizations.weight.original.numel()
         4
     """
-    reparam = get_reparametrization(module, name)
+    reparam = TensorState.of(module, name).reparam
     if not isinstance(reparam, WeightSharing):
         raise ValueError(f"name={name!r} is not shared; call register_weight_sharing first")
-    settings = {
-        "init": reparam.init,
-        "method": reparam.method,
-        "granularity": reparam.granularity,
-        "channel_axis": reparam.channel_axis,
-        "cache_index": reparam.cache_index,
+    loose = {
+        "bits": bits,
+        "init": init,
+        "method": method,
+        "granularity": granularity,
+        "channel_axis": channel_axis,
     }
-    unknown = set(kwargs) - set(settings) - {"generator"}
-    if unknown:
-        raise TypeError(f"recluster got unexpected keyword arguments {sorted(unknown)}")
-    settings.update(kwargs)  # type: ignore[arg-type]
-    bits = reparam.bits if bits is None else bits
-    _validate_sharing_args(
-        bits,
-        settings["init"],
-        settings["method"],
-        settings["granularity"],
-        settings["channel_axis"],
-    )
-    return _share(module, name, int(bits), **settings)  # type: ignore[arg-type]
+    given = {k: v for k, v in loose.items() if v is not None}
+    cfg = sharing_config(config, given, reparam.config)
+    keep_cache = reparam.cache_index if cache_index is None else cache_index
+    check_runtime(keep_cache, generator)
+    return _share(module, name, cfg, cache_index=keep_cache, generator=generator)
 
 
 def _share(
     module: nn.Module,
     name: str,
-    bits: int,
+    config: SharingConfig,
     *,
-    init: str,
-    method: str,
-    granularity: str,
-    channel_axis: int,
     cache_index: bool,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
@@ -197,34 +250,15 @@ def _share(
     already validated.
     """
     value, keep = compressible_state(module, name)
-    _check_channel_axis(granularity, channel_axis, value.dim())
-    codebook, index = cluster(
-        value,
-        keep,
-        bits=bits,
-        granularity=granularity,
-        channel_axis=channel_axis,
-        init=init,
-        method=method,
-        generator=generator,
-    )
+    config.check_tensor(value.dim())
+    codebook, index = cluster(value, keep, config=config, generator=generator)
     # Everything that can fail has run; from here the module changes.
-    if get_reparametrization(module, name) is not None:
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    else:
-        adopt_torch_pruning(module, name)
+    TensorState.of(module, name).to_plain()
     requires_grad = getattr(module, name).requires_grad
     sharing = WeightSharing(
-        index.to(value.device),
-        codebook.to(value.device),
-        bits=bits,
-        granularity=granularity,
-        channel_axis=channel_axis,
-        init=init,
-        method=method,
-        cache_index=cache_index,
+        index.to(value.device), codebook.to(value.device), config=config, cache_index=cache_index
     )
-    _register(module, name, sharing, unsafe=True)
+    register(module, name, sharing, unsafe=True)
     codebook_param = module.parametrizations[name].original
     codebook_param.requires_grad_(requires_grad)
     # The Parameter object is kept (set_ to the codebook); a gradient of the old shape

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .analysis import expand_default_names, named_tensors, resolve_tensor
-from .parametrizations import WeightSharing, get_reparametrization
-from .pruning import _torch_hook
+from .names import expand_default_names, named_tensors, resolve_tensor
+from .parametrizations import WeightSharing
+from .state import TensorState
 
 __all__ = ["CompressionSummary", "TensorSummary", "compression_summary", "sparse_entries"]
 
@@ -140,11 +140,8 @@ def _sparse_bits(gaps: np.ndarray, value_bits: int, index_bits: int | None) -> t
 def _summarize(
     qualified: str, module: nn.Module, name: str, index_bits: int | None, distinct: bool
 ) -> TensorSummary:
-    with torch.no_grad():
-        value = getattr(module, name).detach()
-        if _torch_hook(module, name) is not None:
-            value = getattr(module, name + "_orig").detach() * getattr(module, name + "_mask")
-    reparam = get_reparametrization(module, name)
+    state = TensorState.of(module, name)
+    value, reparam = state.value(), state.reparam
     numel = value.numel()
     gaps = _gaps(value)
     nonzeros = int(gaps.size)
@@ -152,7 +149,7 @@ def _summarize(
     n_distinct = int(torch.unique(value).numel()) if distinct and numel else None
     if isinstance(reparam, WeightSharing):
         k = max(reparam.num_centroids, 1)
-        codebook_bytes = 4 * module.parametrizations[name].original.numel()
+        codebook_bytes = 4 * state.parameter().numel()
         pruned = bool((~reparam.kept()).any())
         dense_code_bits = max(1, math.ceil(math.log2(k + 1 if pruned else k)))
         code_bits = max(1, math.ceil(math.log2(k)))
@@ -343,10 +340,17 @@ def compression_summary(
         >>> row.nonzeros, row.format, row.estimated_bytes < row.dense_bytes
         (100, 'sparse (p=6)', True)
     """
-    if index_bits is not None and (
-        isinstance(index_bits, bool) or not isinstance(index_bits, int) or not 1 <= index_bits <= 16
-    ):
-        raise ValueError(f"index_bits must be an int in [1, 16], got {index_bits!r}")
+    if index_bits is not None:
+        if isinstance(index_bits, bool) or not isinstance(index_bits, int):
+            raise TypeError(
+                f"index_bits must be an int in [1, 16], got {type(index_bits).__name__}"
+            )
+        if not 1 <= index_bits <= 16:
+            raise ValueError(f"index_bits must be an int in [1, 16], got {index_bits}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(param_names, str):
+        raise TypeError("param_names must be a sequence of names, not a str")
     if param_names is None:
         targets = named_tensors(model)
     else:

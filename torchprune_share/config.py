@@ -1,0 +1,377 @@
+"""The settings of k-means weight sharing, validated in one place, and their byte codes.
+
+:class:`SharingConfig` is the only place where the rules for the sharing settings live:
+:func:`~torchprune_share.register_weight_sharing`, :func:`~torchprune_share.recluster`,
+:class:`~torchprune_share.Quantizer`, :class:`~torchprune_share.BitLevels`,
+:class:`~torchprune_share.WeightSharing`, the checkpoint loader and the file reader build
+or read one. :data:`CODES` gives each categorical setting its byte code, the number it is
+stored as in a ``.tpsc`` file and in a checkpoint's sharing state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .kmeans import INITS, METHODS
+
+__all__ = [
+    "ALGORITHMS",
+    "CODES",
+    "GRANULARITIES",
+    "INITS",
+    "MAX_BITS",
+    "METHODS",
+    "STATE_FIELDS",
+    "STATE_VERSION",
+    "SharingConfig",
+    "code_of",
+    "value_of",
+]
+
+GRANULARITIES = ("per_tensor", "per_channel")
+# How calibration data (when given) weighs the clustering: the full layer Hessian, its
+# diagonal, or the empirical Fisher.
+ALGORITHMS = ("hessian", "diagonal", "fisher")
+MAX_BITS = 16
+# The checkpoint sharing state (SharingConfig.to_state): one int64 per field, in order.
+STATE_VERSION = 1
+STATE_FIELDS = (
+    "version",
+    "bits",
+    "granularity",
+    "channel_axis",
+    "init",
+    "method",
+    "num_centroids",
+)
+
+# Byte codes of the categorical settings, as a .tpsc file (format version 1) and the
+# checkpoint sharing state store them. A code, once given, never changes or moves: add a
+# value with the next free code. tests/test_config.py fails when a value has none.
+CODES: dict[str, dict[str, int]] = {
+    "granularity": {"per_tensor": 0, "per_channel": 1},
+    "init": {"linear": 0, "density": 1, "random": 2, "kmeans++": 3},
+    "method": {"lloyd": 0, "optimal": 1, "sklearn": 2},
+}
+
+
+def code_of(setting: str, value: str) -> int:
+    """The byte code of a categorical setting's value.
+
+    Args:
+        setting (str): ``"granularity"``, ``"init"`` or ``"method"``.
+        value (str): one of the setting's accepted values.
+
+    Returns:
+        The code, an ``int`` in [0, 255].
+
+    Raises:
+        ValueError: ``setting`` or ``value`` has no code.
+
+    Example:
+        >>> code_of("init", "kmeans++"), code_of("granularity", "per_channel")
+        (3, 1)
+    """
+    table = _table(setting)
+    if value not in table:
+        raise ValueError(f"{setting} must be one of {tuple(table)}, got {value!r}")
+    return table[value]
+
+
+def value_of(setting: str, code: int) -> str:
+    """The value a byte code of a categorical setting stands for (the inverse of :func:`code_of`).
+
+    Args:
+        setting (str): ``"granularity"``, ``"init"`` or ``"method"``.
+        code (int): the stored code.
+
+    Returns:
+        The setting's value.
+
+    Raises:
+        ValueError: no value has this code.
+
+    Example:
+        >>> value_of("method", 1)
+        'optimal'
+    """
+    table = _table(setting)
+    for value, c in table.items():
+        if c == code:
+            return value
+    raise ValueError(f"{setting} code must be one of {sorted(table.values())}, got {code!r}")
+
+
+def _table(setting: str) -> dict[str, int]:
+    if setting not in CODES:
+        raise ValueError(f"setting must be one of {tuple(CODES)}, got {setting!r}")
+    return CODES[setting]
+
+
+def _state_tensor(state: Tensor) -> dict[str, Any]:
+    """The settings of a :meth:`SharingConfig.to_state` tensor, codes decoded."""
+    n = len(STATE_FIELDS)
+    if state.dtype != torch.int64 or state.shape != (n,):
+        raise ValueError(
+            f"sharing state must be an int64 tensor of shape ({n},), got {state.dtype} "
+            f"{tuple(state.shape)}"
+        )
+    values = dict(zip(STATE_FIELDS, state.tolist()))
+    if values["version"] != STATE_VERSION:
+        raise ValueError(
+            f"sharing state version must be {STATE_VERSION}, got {values['version']} (written "
+            "by a newer torchprune_share?)"
+        )
+    for setting in CODES:
+        values[setting] = value_of(setting, values[setting])
+    del values["version"]
+    return values
+
+
+def _int(field: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
+    what = "an int" + (f" in [{lo}, {hi}]" if lo is not None else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{field} must be {what}, got {type(value).__name__}")
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise ValueError(f"{field} must be {what}, got {value}")
+    return int(value)
+
+
+def _choice(field: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a str, one of {allowed}, got {type(value).__name__}")
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SharingConfig:
+    r"""The settings of k-means weight sharing of one tensor, checked when built.
+
+    Args:
+        bits (int): at most ``2**bits`` centroids per codebook, in [1, 16]. Default: 4.
+        granularity (str): ``"per_tensor"`` (one codebook) or ``"per_channel"`` (one per
+            slice along ``channel_axis``). Default: ``"per_tensor"``.
+        channel_axis (int): the channel dimension for ``"per_channel"``; any int here, its
+            range is checked against a tensor by :meth:`check_tensor`. Default: 0.
+        init (str): k-means initialisation, one of :data:`INITS`. Default: ``"linear"``.
+        method (str): k-means method, one of :data:`METHODS`. Default: ``"lloyd"``.
+        algorithm (str): how calibration data weighs the clustering, when given: one of
+            :data:`ALGORITHMS`. Default: ``"hessian"``.
+        damping (float): relative damping added to the calibration Hessian's diagonal, in
+            (0, 1]. Default: 0.01.
+
+    Raises:
+        TypeError: a field has the wrong type (the message names it).
+        ValueError: a field has a wrong value (the message names it and the accepted range).
+
+    Example:
+        >>> SharingConfig(bits=3, granularity="per_channel")
+        SharingConfig(bits=3, granularity='per_channel', channel_axis=0, init='linear', method='lloyd', algorithm='hessian', damping=0.01)
+        >>> SharingConfig(bits=99)
+        Traceback (most recent call last):
+        ...
+        ValueError: bits must be an int in [1, 16], got 99
+    """
+
+    bits: int = 4
+    granularity: str = "per_tensor"
+    channel_axis: int = 0
+    init: str = "linear"
+    method: str = "lloyd"
+    algorithm: str = "hessian"
+    damping: float = 0.01
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__  # frozen: normalise numpy ints and the like to int once
+        fix(self, "bits", _int("bits", self.bits, 1, MAX_BITS))
+        fix(self, "granularity", _choice("granularity", self.granularity, GRANULARITIES))
+        fix(self, "channel_axis", _int("channel_axis", self.channel_axis))
+        fix(self, "init", _choice("init", self.init, INITS))
+        fix(self, "method", _choice("method", self.method, METHODS))
+        fix(self, "algorithm", _choice("algorithm", self.algorithm, ALGORITHMS))
+        damping = self.damping
+        if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
+            raise TypeError(f"damping must be a float in (0, 1], got {type(damping).__name__}")
+        if not (math.isfinite(float(damping)) and 0.0 < float(damping) <= 1.0):
+            raise ValueError(f"damping must be a float in (0, 1], got {damping}")
+        fix(self, "damping", float(damping))
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The names of the settings, in order.
+
+        Example:
+            >>> SharingConfig.fields()[:3]
+            ('bits', 'granularity', 'channel_axis')
+        """
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(
+        cls, settings: Mapping[str, Any], *, base: SharingConfig | None = None
+    ) -> SharingConfig:
+        """Build a config from ``{field: value}``, the fields not given taken from ``base``.
+
+        Args:
+            settings (Mapping): some of the fields; any other key is an error.
+            base (SharingConfig, optional): where the other fields come from; default the
+                defaults.
+
+        Returns:
+            The new config.
+
+        Raises:
+            TypeError: ``settings`` is no mapping, has a key that is no field, or a wrong type.
+            ValueError: a field has a wrong value.
+
+        Example:
+            >>> SharingConfig.from_mapping({"bits": 2}, base=SharingConfig(init="density")).init
+            'density'
+        """
+        if not isinstance(settings, Mapping):
+            raise TypeError(f"settings must be a dict, got {type(settings).__name__}")
+        unknown = sorted(str(k) for k in settings if k not in cls.fields())
+        if unknown:
+            raise TypeError(
+                f"unknown sharing settings {unknown}; expected some of {list(cls.fields())}"
+            )
+        return dataclasses.replace(base or cls(), **settings)
+
+    def replace(self, **changes: Any) -> SharingConfig:
+        """A copy with some fields changed, validated again.
+
+        Args:
+            **changes: fields and their new values.
+
+        Returns:
+            The new config.
+
+        Example:
+            >>> SharingConfig(bits=4).replace(bits=2).bits
+            2
+        """
+        return SharingConfig.from_mapping(changes, base=self)
+
+    # -- the sharing state of a checkpoint ------------------------------------------------
+    def to_state(self, num_centroids: int) -> Tensor:
+        """These settings and a codebook size as a checkpoint stores them: a tensor.
+
+        An ``int64`` tensor ``[version, bits, granularity, channel_axis, init, method,
+        num_centroids]`` (categorical settings as their :data:`CODES`; :data:`STATE_FIELDS`
+        names the entries), so that a ``state_dict`` holds only tensors (safetensors).
+        The calibration settings are not stored: they only matter while clustering.
+
+        Args:
+            num_centroids (int): ``k``, the centroids per codebook.
+
+        Returns:
+            The 1-D ``int64`` tensor of :data:`STATE_FIELDS`.
+
+        Example:
+            >>> SharingConfig(bits=3, granularity="per_channel").to_state(8)
+            tensor([1, 3, 1, 0, 0, 0, 8])
+        """
+        return torch.tensor(
+            [
+                STATE_VERSION,
+                self.bits,
+                CODES["granularity"][self.granularity],
+                self.channel_axis,
+                CODES["init"][self.init],
+                CODES["method"][self.method],
+                int(num_centroids),
+            ],
+            dtype=torch.int64,
+        )
+
+    @classmethod
+    def from_state(cls, state: object) -> tuple[SharingConfig, int]:
+        """Read the sharing state of a checkpoint: the tensor of :meth:`to_state`, or the
+        dict of settings that 0.1.0 wrote.
+
+        Args:
+            state (Tensor or Mapping): the ``..._extra_state`` entry of a ``WeightSharing``.
+
+        Returns:
+            ``(config, num_centroids)``, every setting checked (``num_centroids`` in
+            ``[0, 2**bits]``).
+
+        Raises:
+            TypeError: ``state`` is neither, or a setting has the wrong type.
+            ValueError: a wrong length, version, code or value (the message names it).
+
+        Example:
+            >>> SharingConfig.from_state(torch.tensor([1, 2, 0, 0, 1, 0, 4]))
+            (SharingConfig(bits=2, granularity='per_tensor', channel_axis=0, init='density', method='lloyd', algorithm='hessian', damping=0.01), 4)
+        """
+        if isinstance(state, Tensor):
+            settings = _state_tensor(state)
+        elif isinstance(state, Mapping):
+            missing = [f for f in STATE_FIELDS[1:] if f not in state]
+            if missing:
+                raise ValueError(
+                    f"sharing state lacks {missing}; expected {list(STATE_FIELDS[1:])}"
+                )
+            settings = {f: state[f] for f in STATE_FIELDS[1:]}
+        else:
+            raise TypeError(
+                f"sharing state must be an int64 tensor or a dict, got {type(state).__name__}"
+            )
+        k = settings.pop("num_centroids")
+        config = cls.from_mapping(settings)
+        k = _int("num_centroids", k)
+        if not 0 <= k <= 2**config.bits:
+            raise ValueError(
+                f"num_centroids must be an int in [0, 2**bits = {2**config.bits}], got {k}"
+            )
+        return config, k
+
+    def channel_dim(self, ndim: int) -> int:
+        """``channel_axis`` as a non-negative dimension of an ``ndim``-D tensor.
+
+        Args:
+            ndim (int): the tensor's number of dimensions.
+
+        Returns:
+            The dimension, in ``[0, ndim)`` (0 for a 0-D tensor).
+
+        Example:
+            >>> SharingConfig(channel_axis=-1).channel_dim(4)
+            3
+        """
+        return self.channel_axis % max(ndim, 1)
+
+    def check_tensor(self, ndim: int) -> None:
+        """Raise ``ValueError`` unless these settings can share an ``ndim``-D tensor.
+
+        Args:
+            ndim (int): the tensor's number of dimensions.
+
+        Example:
+            >>> SharingConfig(granularity="per_channel", channel_axis=2).check_tensor(2)
+            Traceback (most recent call last):
+            ...
+            ValueError: channel_axis must be in [-2, 1] for a 2-D tensor, got 2
+        """
+        if self.granularity != "per_channel":
+            return
+        if ndim == 0:
+            raise ValueError(
+                'granularity="per_channel" needs a tensor with at least one dimension; use '
+                '"per_tensor" for a 0-D tensor'
+            )
+        if not -ndim <= self.channel_axis < ndim:
+            raise ValueError(
+                f"channel_axis must be in [{-ndim}, {ndim - 1}] for a {ndim}-D tensor, "
+                f"got {self.channel_axis}"
+            )
