@@ -16,7 +16,12 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_sensitivity_analysis.ipynb", "02_pruning.ipynb", "03_weight_sharing.ipynb"]
+NAMES = [
+    "01_sensitivity_analysis.ipynb",
+    "02_pruning.ipynb",
+    "03_weight_sharing.ipynb",
+    "04_post_training.ipynb",
+]
 
 
 def _generator():
