@@ -12,13 +12,20 @@ from __future__ import annotations
 import logging
 import numbers
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from .analysis import ScanResult, default_parameter_names, resolve_tensor
+from .calibration.apply import (
+    PruneRequest,
+    ShareRequest,
+    check_calibration_settings,
+    prune_calibrated,
+    share_calibrated,
+)
 from .parametrizations import GRANULARITIES, PruningMask, WeightSharing, get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
 from .schedules import ConstantSchedule, SparsitySchedule
@@ -117,7 +124,11 @@ class LevelPruner:
         options: Sequence[Sequence[Any]] | Mapping[str, Any],
         *,
         model: nn.Module | None = None,
+        algorithm: str = "hessian",
+        damping: float = 0.01,
     ) -> None:
+        check_calibration_settings(algorithm, damping)
+        self.algorithm, self.damping = algorithm, float(damping)
         entries = _entries(options, "LevelPruner")
         bad: list[str] = []
         _check_names(entries, bad)
@@ -177,9 +188,27 @@ class LevelPruner:
         return out
 
     def prune(
-        self, model: nn.Module | None = None, update_masks: bool = False, step: int | None = None
+        self,
+        model: nn.Module | None = None,
+        update_masks: bool = False,
+        step: int | None = None,
+        *,
+        calibration: Iterable[Any] | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        sequential: bool = True,
+        strict: bool = True,
+        progress: bool = True,
     ) -> dict[str, float]:
         r"""Prune every target tensor up to its sparsity at ``step``.
+
+        Without ``calibration`` the smallest magnitudes go (data-free). With it, entries
+        are chosen by their effect on each layer's output on the calibration inputs
+        (the pruner's ``algorithm``: ``"hessian"``, SparseGPT, which also updates the
+        surviving weights to compensate; ``"diagonal"``, the Wanda score
+        ``|w| · ‖x‖``; ``"fisher"``, ``Σ g² · w²`` from ``loss_fn``) for ``nn.Linear``,
+        ``nn.Conv1d``/``nn.Conv2d`` and ``nn.Embedding`` weights; other tensors are
+        pruned by magnitude, with one log line each. Nothing changes if anything fails.
 
         Args:
             model (nn.Module, optional): the model; default the one given before.
@@ -189,6 +218,18 @@ class LevelPruner:
                 Default: False (keep masks, prune only what the target adds).
             step (int, optional): the training step for schedules; default the last step
                 given (0 at first).
+            calibration (Iterable, optional): batches of model inputs (a DataLoader, a
+                list); a one-shot iterator is read into a list.
+            forward (Callable, optional): ``forward(model, batch)`` runs the model on one
+                batch; default ``model(**batch)`` for a mapping, ``model(*batch)`` for a
+                tuple or list, else ``model(batch)``.
+            loss_fn (Callable, optional): ``loss_fn(model, batch)`` -> scalar loss, for
+                ``algorithm="fisher"``.
+            sequential (bool): record each layer's inputs with the earlier layers already
+                pruned (GPTQ-style). Default: True.
+            strict (bool): raise ``ValueError`` for a target no batch reaches; with
+                False it is pruned by magnitude, logged. Default: True.
+            progress (bool): show a progress bar over the layer groups. Default: True.
 
         Returns:
             ``{name: target sparsity}`` at this step.
@@ -229,6 +270,29 @@ class LevelPruner:
                 continue
             plan.append((q, module, name, target, value, keep))
         _raise_bad("LevelPruner", bad)
+        if calibration is not None:
+            if update_masks:
+                raise ValueError(
+                    "update_masks=True recomputes masks by magnitude; it cannot be combined "
+                    "with calibration"
+                )
+            requests = [PruneRequest(q, m, n, t) for q, m, n, t, _, _ in plan]
+            prune_calibrated(
+                requests,
+                model,
+                calibration,
+                forward=forward,
+                loss_fn=loss_fn,
+                algorithm=self.algorithm,
+                damping=self.damping,
+                sequential=sequential,
+                strict=strict,
+                progress=progress,
+            )
+            for q, module, name, target, _, _ in plan:
+                reparam = get_reparametrization(module, name)
+                self._applied[q] = (weakref.ref(reparam) if reparam is not None else None, target)
+            return targets
         for q, module, name, target, value, keep in plan:
             want = round(target * value.numel())
             if update_masks:
@@ -387,7 +451,11 @@ class Quantizer:
         cache_index: bool = True,
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
+        algorithm: str = "hessian",
+        damping: float = 0.01,
     ) -> None:
+        check_calibration_settings(algorithm, damping)
+        self.algorithm, self.damping = algorithm, float(damping)
         defaults = {
             "init": init,
             "method": method,
@@ -454,14 +522,50 @@ class Quantizer:
                     out.append((q, module, name, *self.options[DEFAULT]))
         return out
 
-    def quantize(self, model: nn.Module) -> nn.Module:
+    def quantize(
+        self,
+        model: nn.Module,
+        calibration: Iterable[Any] | None = None,
+        *,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        sequential: bool = True,
+        strict: bool = True,
+        progress: bool = True,
+        refits: int = 3,
+    ) -> nn.Module:
         r"""Share (or re-cluster) every target tensor of ``model``.
 
         Every tensor is checked first (name, dtype, finite values, channel axis); on a
         problem a ``ValueError`` lists them all and nothing changes.
 
+        Without ``calibration`` the codebooks minimise the weights' squared error
+        (k-means, data-free). With it they minimise each layer's *output* error on the
+        calibration inputs (the quantizer's ``algorithm``: ``"hessian"``, a GPTQ-class
+        column sweep with error feedback through the input Hessian and least-squares
+        codebook refits; ``"diagonal"``, k-means weighted by ``diag H``; ``"fisher"``,
+        k-means weighted by ``Σ g²`` of ``loss_fn``) for ``nn.Linear``,
+        ``nn.Conv1d``/``nn.Conv2d`` (inputs unfolded) and ``nn.Embedding`` (weighted by
+        token counts, or Fisher) weights; any other tensor is shared data-free, with one
+        log line. Pruned entries stay zero and the error is compensated only by kept
+        weights, so a calibrated pruning followed by a calibrated quantization composes.
+        The result is the same parametrization as the data-free path.
+
         Args:
             model (nn.Module): the model, changed in place.
+            calibration (Iterable, optional): batches of model inputs (a DataLoader, a
+                list); a one-shot iterator is read into a list.
+            forward (Callable, optional): ``forward(model, batch)``; default
+                ``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list,
+                else ``model(batch)``.
+            loss_fn (Callable, optional): ``loss_fn(model, batch)`` -> scalar loss, for
+                ``algorithm="fisher"``.
+            sequential (bool): record each layer's inputs with the earlier layers already
+                shared (GPTQ-style). Default: True.
+            strict (bool): raise ``ValueError`` for a target no batch reaches; with
+                False it is shared data-free, logged. Default: True.
+            progress (bool): show a progress bar over the layer groups. Default: True.
+            refits (int): sweep + least-squares refit rounds of ``"hessian"``. Default: 3.
 
         Returns:
             ``model``.
@@ -487,6 +591,22 @@ class Quantizer:
             ):
                 bad.append(f"{q!r}: channel_axis {axis} out of range for a {value.dim()}-D tensor")
         _raise_bad("Quantizer", bad)
+        if calibration is not None:
+            requests = [ShareRequest(q, m, n, b, s) for q, m, n, b, s in plan]
+            share_calibrated(
+                requests,
+                model,
+                calibration,
+                forward=forward,
+                loss_fn=loss_fn,
+                algorithm=self.algorithm,
+                damping=self.damping,
+                refits=refits,
+                sequential=sequential,
+                strict=strict,
+                progress=progress,
+            )
+            return model
         for q, module, name, bits, settings in plan:
             if isinstance(get_reparametrization(module, name), WeightSharing):
                 recluster(module, name, bits=bits, **settings)

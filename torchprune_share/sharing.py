@@ -231,3 +231,44 @@ def _share(
     # would break the next backward.
     codebook_param.grad = None
     return module
+
+
+def commit_sharing(
+    module: nn.Module,
+    name: str,
+    codebook: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    bits: int,
+    granularity: str,
+    channel_axis: int,
+    init: str,
+    method: str,
+    cache_index: bool = True,
+) -> nn.Module:
+    """Make ``codebook[index]`` the one reparametrization of ``module.<name>``.
+
+    Whatever carries the tensor now is replaced; the codebook and index are trusted
+    (computed by this package: ``index`` holds codes ``0..k``, ``k`` the pruned zero).
+    """
+    value = getattr(module, name)
+    if get_reparametrization(module, name) is not None:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    else:
+        adopt_torch_pruning(module, name)
+    requires_grad = getattr(module, name).requires_grad
+    sharing = WeightSharing(
+        index.to(value.device),
+        codebook.to(device=value.device, dtype=value.dtype),
+        bits=bits,
+        granularity=granularity,
+        channel_axis=channel_axis,
+        init=init,
+        method=method,
+        cache_index=cache_index,
+    )
+    _register(module, name, sharing, unsafe=True)
+    codebook_param = module.parametrizations[name].original
+    codebook_param.requires_grad_(requires_grad)
+    codebook_param.grad = None
+    return module

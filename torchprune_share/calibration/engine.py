@@ -1,0 +1,361 @@
+"""The calibration pass: run the model on calibration batches and gather each target's statistics.
+
+Sequential by default (as GPTQ): targets are grouped by execution order (layers reading
+the same input tensor, such as attention's query/key/value, form one group); each group's
+statistics are recorded with every earlier group already compressed (staged, see
+:class:`~torchprune_share.calibration.staging.Staging`), so later layers see, and
+compensate, the errors of earlier ones. Each round stops the forward as soon as the
+group's last layer has read its input. Nothing is committed here: the caller's
+``compress`` callback returns the staged value and keeps its own plan, and every staged
+value is undone at the end, also when anything raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from .hessian import HessianAccumulator
+from .layers import COUNTS, input_rows, layer_kind, token_counts
+from .matrix import Statistics
+from .staging import Staging
+
+__all__ = ["Target", "as_batches", "calibrate", "default_forward"]
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[nn.Module, Any], Any]
+Compress = Callable[["Target", "Statistics | None"], Tensor]
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, else ``model(batch)``.
+
+    Example:
+        >>> default_forward(nn.Identity(), (torch.ones(1),))
+        tensor([1.])
+    """
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+@dataclass
+class Target:
+    """One tensor to compress: ``module.<name>``, known in the model as ``qualified``."""
+
+    qualified: str
+    module: nn.Module
+    name: str
+    kind: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kind = layer_kind(self.module, self.name)
+
+
+def as_batches(calibration: object) -> Iterable[Any]:
+    """The calibration batches, re-iterable (a one-shot iterator is read into a list).
+
+    Raises:
+        TypeError: ``calibration`` is not iterable.
+        ValueError: it holds no batch.
+
+    Example:
+        >>> len(as_batches(iter([1, 2])))
+        2
+    """
+    if isinstance(calibration, (str, bytes)) or not isinstance(calibration, Iterable):
+        raise TypeError(
+            "calibration must be an iterable of model inputs (a DataLoader, a list of "
+            f"batches), got {type(calibration).__name__}"
+        )
+    if iter(calibration) is calibration:
+        calibration = list(calibration)
+    for _ in calibration:  # type: ignore[union-attr]
+        return calibration  # type: ignore[return-value]
+    raise ValueError("calibration holds no batch; give at least one model input")
+
+
+class _Stop(BaseException):
+    """Ends a forward early; a BaseException so that user code's ``except Exception`` lets it by."""
+
+
+def _hook_input(args: tuple, kwargs: dict) -> Tensor | None:
+    if args:
+        return args[0]
+    for value in kwargs.values():
+        if isinstance(value, Tensor):
+            return value
+    return None
+
+
+def _run(model: nn.Module, batches: Iterable[Any], run: Callable[[Any], Any]) -> None:
+    seen = 0
+    for batch in batches:
+        seen += 1
+        try:
+            run(batch)
+        except _Stop:
+            pass
+    if seen == 0:
+        raise ValueError("calibration is exhausted: it gave no batch on a second pass")
+
+
+def _discover(
+    model: nn.Module, batches: Iterable[Any], forward: Forward, targets: list[Target]
+) -> tuple[list[list[Target]], bool]:
+    """Group the reached targets by execution order; tell whether any runs twice a forward."""
+    first: dict[int, tuple[int, int]] = {}
+    calls: dict[int, int] = {}
+    handles = []
+    alive: list[Tensor] = []  # ids of inputs must stay unique while they are compared
+
+    def hook(t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls[id(t)] = calls.get(id(t), 0) + 1
+            if id(t) not in first:
+                x = _hook_input(args, kwargs)
+                key = id(x) if x is not None else -len(first) - 1
+                if x is not None:
+                    alive.append(x)
+                first[id(t)] = (len(first), key)
+
+        return record
+
+    for t in targets:
+        handles.append(t.module.register_forward_pre_hook(hook(t), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            _run(model, [next(iter(batches))], lambda b: forward(model, b))
+    finally:
+        for h in handles:
+            h.remove()
+    reached = sorted((t for t in targets if id(t) in first), key=lambda t: first[id(t)][0])
+    groups: list[list[Target]] = []
+    for t in reached:
+        if groups and first[id(groups[-1][0])][1] == first[id(t)][1]:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups, any(n > 1 for n in calls.values())
+
+
+def _statistics(
+    model: nn.Module,
+    batches: Iterable[Any],
+    forward: Forward,
+    group: list[Target],
+    early_stop: bool,
+) -> dict[int, Statistics]:
+    """Hessians (or token counts) of ``group`` over all batches."""
+    acc: dict[int, Any] = {}
+    seen: set[int] = set()
+    handles = []
+
+    def hook(t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _hook_input(args, kwargs)
+            if x is None:
+                return
+            if t.kind == COUNTS:
+                counts = token_counts(module, x)
+                acc[id(t)] = counts if id(t) not in acc else acc[id(t)] + counts
+            else:
+                rows = input_rows(module, x)
+                if id(t) not in acc:
+                    acc[id(t)] = HessianAccumulator(rows.shape[1], device=rows.device)
+                acc[id(t)].add(rows)
+            seen.add(id(t))
+            if early_stop and len(seen) == len(group):
+                raise _Stop
+
+        return record
+
+    def run(batch: Any) -> None:
+        seen.clear()
+        forward(model, batch)
+
+    for t in group:
+        handles.append(t.module.register_forward_pre_hook(hook(t), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            _run(model, batches, run)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for t in group:
+        if id(t) not in acc:
+            continue
+        a = acc[id(t)]
+        if t.kind == COUNTS:
+            out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
+        else:
+            out[id(t)] = Statistics(hessian=a.hessian())
+    return out
+
+
+def _fisher(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    targets: list[Target],
+) -> dict[int, Statistics]:
+    """Empirical Fisher ``Σ_batches g²`` of each target's effective tensor."""
+    sums: dict[int, Tensor] = {}
+    leaves = _leaf_tensors(targets)
+    flags = [p.requires_grad for p in leaves]
+    for p in leaves:
+        p.requires_grad_(True)
+    try:
+        for batch in batches:
+            _fisher_batch(model, batch, loss_fn, targets, sums)
+    finally:
+        for p, flag in zip(leaves, flags):
+            p.requires_grad_(flag)
+    return {i: Statistics(importance=s) for i, s in sums.items()}
+
+
+def _leaf_tensors(targets: list[Target]) -> list[Tensor]:
+    out = []
+    for t in targets:
+        if parametrize.is_parametrized(t.module, t.name):
+            out.append(t.module.parametrizations[t.name].original)
+        elif hasattr(t.module, t.name + "_orig"):
+            out.append(getattr(t.module, t.name + "_orig"))
+        else:
+            out.append(getattr(t.module, t.name))
+    return out
+
+
+def _fisher_batch(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    targets: list[Target],
+    sums: dict[int, Tensor],
+) -> None:
+    used: list[tuple[Target, Tensor]] = []
+    handles = []
+
+    def hook(t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple) -> None:
+            w = getattr(module, t.name)
+            if not any(w is u for _, u in used):
+                used.append((t, w))
+
+        return record
+
+    for t in targets:
+        handles.append(t.module.register_forward_pre_hook(hook(t)))
+    try:
+        with torch.enable_grad(), parametrize.cached():
+            loss = loss_fn(model, batch)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise TypeError(
+                    "loss_fn must return a scalar tensor, got "
+                    + (
+                        f"shape {tuple(loss.shape)}"
+                        if isinstance(loss, Tensor)
+                        else type(loss).__name__
+                    )
+                )
+            grads = torch.autograd.grad(loss.reshape(()), [w for _, w in used], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    per_target: dict[int, Tensor] = {}
+    for (t, _), g in zip(used, grads):
+        if g is not None:
+            per_target[id(t)] = g if id(t) not in per_target else per_target[id(t)] + g
+    for i, g in per_target.items():
+        sq = g.detach().to(torch.float32).square()
+        sums[i] = sq if i not in sums else sums[i] + sq
+
+
+def _missing(targets: list[Target], reached: set[int], strict: bool, what: str) -> None:
+    missing = [t.qualified for t in targets if id(t) not in reached]
+    if not missing:
+        return
+    if strict:
+        raise ValueError(
+            f"no calibration batch reaches {missing} ({what}); check forward/loss_fn, or pass "
+            "strict=False to compress them data-free"
+        )
+    logger.warning("%s: not reached by calibration (%s); compressed data-free", missing, what)
+
+
+def calibrate(
+    model: nn.Module,
+    targets: list[Target],
+    calibration: Iterable[Any],
+    compress: Compress,
+    *,
+    forward: Forward | None = None,
+    loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+    algorithm: str = "hessian",
+    sequential: bool = True,
+    strict: bool = True,
+    progress: bool = True,
+) -> None:
+    r"""Gather statistics of every target and hand them to ``compress``, layer group by group.
+
+    Args:
+        model (nn.Module): the model (left exactly as it was).
+        targets (list[Target]): the tensors to compress.
+        calibration (Iterable): batches of model inputs (see :func:`as_batches`).
+        compress (Callable): ``compress(target, stats)`` -> the compressed value to stage;
+            ``stats`` is ``None`` for a tensor compressed data-free.
+        forward (Callable, optional): ``forward(model, batch)``; default
+            :func:`default_forward`.
+        loss_fn (Callable, optional): ``loss_fn(model, batch)`` -> scalar loss; needed by
+            ``algorithm="fisher"``.
+        algorithm (str): ``"hessian"``, ``"diagonal"`` or ``"fisher"``.
+        sequential (bool): record each group after the earlier ones are compressed.
+        strict (bool): a target no batch reaches raises ``ValueError``; else it is
+            compressed data-free, with a log line.
+        progress (bool): show a tqdm bar over the layer groups.
+    """
+    forward = forward if forward is not None else default_forward
+    batches = as_batches(calibration)
+    for t in targets:
+        if t.kind is None:
+            logger.info(
+                "%s: no calibrated algorithm for this tensor; compressed data-free", t.qualified
+            )
+    usable = [t for t in targets if t.kind is not None]
+    if algorithm == "fisher":
+        if loss_fn is None:
+            raise ValueError('algorithm="fisher" needs loss_fn(model, batch) -> scalar loss')
+        stats = _fisher(model, batches, loss_fn, usable)
+        _missing(usable, set(stats), strict, "the loss has no gradient for them")
+        for t in targets:
+            compress(t, stats.get(id(t)))
+        return
+    groups, repeated = _discover(model, batches, forward, usable)
+    _missing(usable, {id(t) for g in groups for t in g}, strict, "no forward reads them")
+    reached = {id(t) for g in groups for t in g}
+    for t in targets:
+        if id(t) not in reached:
+            compress(t, None)
+    if not sequential:
+        groups = [[t for g in groups for t in g]]
+    staging = Staging()
+    try:
+        for group in tqdm(groups, desc="calibrating", disable=not progress, leave=False):
+            stats = _statistics(model, batches, forward, group, early_stop=not repeated)
+            for t in group:
+                value = compress(t, stats.get(id(t)))
+                if sequential:
+                    staging.stage(t.module, t.name, value)
+    finally:
+        staging.restore()
