@@ -404,3 +404,52 @@ def test_quotas_exact_and_within_capacity(capacity, fraction):
     assert share.dtype == torch.int64 and share.shape == cap.shape
     assert int(share.sum()) == total
     assert bool((share >= 0).all()) and bool((share <= cap).all())
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: torch.nn.Linear(5, 3), (2, 4, 5)),
+        (lambda: torch.nn.Conv2d(2, 3, 3), (2, 2, 6, 7)),
+        (lambda: torch.nn.Conv2d(2, 3, (2, 3), stride=2, padding=1, dilation=(1, 2)), (2, 2, 7, 8)),
+        (lambda: torch.nn.Conv2d(2, 3, 3, padding="same", dilation=2), (1, 2, 6, 6)),
+        (lambda: torch.nn.Conv2d(2, 3, 2, padding="same"), (1, 2, 5, 5)),
+        (lambda: torch.nn.Conv2d(2, 3, 3, padding="valid"), (1, 2, 5, 5)),
+        (lambda: torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), (2, 2, 5, 6)),
+        (lambda: torch.nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular"), (1, 2, 5, 6)),
+        (lambda: torch.nn.Conv2d(2, 3, 3), (2, 5, 5)),  # unbatched
+        (lambda: torch.nn.Conv1d(2, 3, 3, stride=2, padding=2, dilation=2), (2, 2, 11)),
+        (lambda: torch.nn.Conv1d(2, 3, 4, padding="same"), (2, 2, 9)),
+        pytest.param(
+            lambda: torch.nn.Conv1d(2, 3, 3, padding=1, padding_mode="replicate"),
+            (2, 2, 7),
+            marks=pytest.mark.xfail(
+                raises=NotImplementedError,
+                strict=True,
+                reason="layers.py pads the 4-D unsqueezed Conv1d input with module.padding "
+                "(2 values) instead of the extended (0, p) padding (4 values)",
+            ),
+        ),
+        (lambda: torch.nn.Conv1d(2, 3, 3), (2, 7)),  # unbatched
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_input_rows_reproduce_the_layer(make, shape):
+    # y_t = W x_t for every row the Hessian is built from: the unfolding is the layer.
+    from torchprune_share.calibration.layers import input_rows
+
+    torch.manual_seed(0)
+    layer = make().double()
+    layer.bias = None
+    x = torch.randn(*shape, dtype=F64)
+    rows = input_rows(layer, x)
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    with torch.no_grad():
+        y = layer(x)
+    if isinstance(layer, torch.nn.Linear):
+        want = y.reshape(-1, w.shape[0])
+    else:
+        if x.dim() == layer.weight.dim() - 1:  # unbatched
+            y = y.unsqueeze(0)
+        want = y.flatten(2).transpose(1, 2).reshape(-1, w.shape[0])
+    torch.testing.assert_close(rows @ w.T, want)
