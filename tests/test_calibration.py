@@ -95,7 +95,10 @@ def test_quantize_calibrated_beats_data_free(model_kind, granularity):
     Quantizer({"*": 3}, granularity=granularity).quantize(free)
     Quantizer({"*": 3}, granularity=granularity).quantize(cal, calibration=calib, progress=False)
     err_free, err_cal = _out_err(free, dense, held_out), _out_err(cal, dense, held_out)
-    assert err_cal <= 0.7 * err_free, (err_cal, err_free)
+    # Measured over six inits: CNN per-channel 0.52-0.70 (27 weights a row: data-free is
+    # already close), CNN per-tensor 0.23-0.44, MLP 0.16-0.27.
+    bound = 0.8 if (model_kind, granularity) == ("cnn", "per_channel") else 0.5
+    assert err_cal <= bound * err_free, (err_cal, err_free)
     for module in (m for m in cal.modules() if isinstance(m, (nn.Linear, nn.Conv2d))):
         sharing = _sharing(module)
         codebook = module.parametrizations.weight.original
@@ -196,7 +199,8 @@ def test_prune_calibrated_exact_sparsity_beats_magnitude_then_quantize_keeps_zer
         assert isinstance(mask, PruningMask)
         assert int((~mask.mask).sum()) == cal[i].weight.numel() // 2
     err_mag, err_cal = _out_err(magnitude, dense, held_out), _out_err(cal, dense, held_out)
-    assert err_cal <= 0.6 * err_mag, (err_cal, err_mag)
+    # measured: hessian 0.12, diagonal 0.55 of magnitude's error
+    assert err_cal <= (0.3 if algorithm == "hessian" else 0.75) * err_mag, (err_cal, err_mag)
 
     pruned_at = {i: cal[i].weight.detach() == 0 for i in (0, 2)}
     both = copy.deepcopy(cal)
