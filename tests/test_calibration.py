@@ -204,7 +204,7 @@ def test_prune_calibrated_exact_sparsity_beats_magnitude_then_quantize_keeps_zer
 
     pruned_at = {i: cal[i].weight.detach() == 0 for i in (0, 2)}
     both = copy.deepcopy(cal)
-    Quantizer({"*": 4}, granularity="per_channel").quantize(both, calibration=calib, progress=False)
+    Quantizer({"*": 2}, granularity="per_channel").quantize(both, calibration=calib, progress=False)
     for i in (0, 2):
         w = both[i].weight.detach()
         assert bool((w[pruned_at[i]] == 0).all())
@@ -212,8 +212,11 @@ def test_prune_calibrated_exact_sparsity_beats_magnitude_then_quantize_keeps_zer
         k = both[i].parametrizations.weight.original.shape[-1]
         assert bool((sharing.index[pruned_at[i]] == k).all())  # the pruned zero code
     free = copy.deepcopy(cal)
-    Quantizer({"*": 4}, granularity="per_channel").quantize(free)
-    assert _out_err(both, dense, held_out) <= _out_err(free, dense, held_out)
+    Quantizer({"*": 2}, granularity="per_channel").quantize(free)
+    # The quantization's own error, measured against the pruned model it started from (the
+    # pruning error, the same for both, would drown it).
+    added = [_out_err(m, cal, held_out) for m in (both, free)]
+    assert added[0] <= 0.7 * added[1], added
 
 
 def test_prune_calibrated_conv():
