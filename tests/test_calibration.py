@@ -334,12 +334,6 @@ def test_embedding_rows_never_looked_up_do_not_pull_the_codebook():
     assert _used_err(dens, emb) <= 1.5 * best
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kmeans1d(method='lloyd', init='linear') with sample weights spanning 1e-6 "
-    "(unused rows' floor) stays at a local optimum ~10x the best weighted SSE: three of "
-    "four centroids sit on rows no calibration batch looks up",
-)
 def test_embedding_default_settings_near_best():
     emb, calib, best = _embedding_case()
     cal = copy.deepcopy(emb)

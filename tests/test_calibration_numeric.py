@@ -420,16 +420,7 @@ def test_quotas_exact_and_within_capacity(capacity, fraction):
         (lambda: torch.nn.Conv2d(2, 3, 3), (2, 5, 5)),  # unbatched
         (lambda: torch.nn.Conv1d(2, 3, 3, stride=2, padding=2, dilation=2), (2, 2, 11)),
         (lambda: torch.nn.Conv1d(2, 3, 4, padding="same"), (2, 2, 9)),
-        pytest.param(
-            lambda: torch.nn.Conv1d(2, 3, 3, padding=1, padding_mode="replicate"),
-            (2, 2, 7),
-            marks=pytest.mark.xfail(
-                raises=NotImplementedError,
-                strict=True,
-                reason="layers.py pads the 4-D unsqueezed Conv1d input with module.padding "
-                "(2 values) instead of the extended (0, p) padding (4 values)",
-            ),
-        ),
+        (lambda: torch.nn.Conv1d(2, 3, 3, padding=1, padding_mode="replicate"), (2, 2, 7)),
         (lambda: torch.nn.Conv1d(2, 3, 3), (2, 7)),  # unbatched
     ],
 )

@@ -50,7 +50,7 @@ def _conv_patches(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
         x = x.unsqueeze(0)
     if module.padding_mode != "zeros" and not isinstance(padding, str):
         pad: list[int] = []
-        for p in reversed(module.padding):
+        for p in reversed(padding):
             pad += [p, p]
         x = F.pad(x, pad, mode=module.padding_mode)
         padding = 0

@@ -117,6 +117,8 @@ def codebook_sweep(
     rows, cols = w.shape
     work = w.clone()
     codes = torch.full((rows, cols), -1, dtype=torch.int64, device=w.device)
+    table = codebook.expand(rows, -1).contiguous()
+    mids = ((table[:, 1:] + table[:, :-1]) * 0.5).contiguous()
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         w1 = work[:, i1:i2].clone()
@@ -124,8 +126,10 @@ def codebook_sweep(
         u1 = u[i1:i2, i1:i2]
         for j in range(i2 - i1):
             col = w1[:, j]
-            c = nearest_codes(col, codebook)
-            q = codebook.expand(rows, -1).gather(1, c.unsqueeze(1)).squeeze(1)
+            # searchsorted(side="left") on the midpoints: ties to the lower centroid, as
+            # nearest_codes.
+            c = torch.searchsorted(mids, col.unsqueeze(1)).squeeze(1)
+            q = table.gather(1, c.unsqueeze(1)).squeeze(1)
             kept = keep[:, i1 + j]
             q = torch.where(kept, q, q.new_zeros(()))
             codes[:, i1 + j] = torch.where(kept, c, -1)
