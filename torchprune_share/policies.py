@@ -197,6 +197,7 @@ class LevelPruner:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
+        asymmetric: bool = True,
         strict: bool = True,
         progress: bool = True,
     ) -> dict[str, float]:
@@ -227,6 +228,9 @@ class LevelPruner:
                 ``algorithm="fisher"``.
             sequential (bool): record each layer's inputs with the earlier layers already
                 pruned (GPTQ-style). Default: True.
+            asymmetric (bool): with ``sequential``, fit each layer to the dense model's
+                outputs, so that it also corrects the errors of earlier layers (runs each
+                batch twice). Default: True.
             strict (bool): raise ``ValueError`` for a target no batch reaches; with
                 False it is pruned by magnitude, logged. Default: True.
             progress (bool): show a progress bar over the layer groups. Default: True.
@@ -286,6 +290,7 @@ class LevelPruner:
                 algorithm=self.algorithm,
                 damping=self.damping,
                 sequential=sequential,
+                asymmetric=asymmetric,
                 strict=strict,
                 progress=progress,
             )
@@ -530,9 +535,10 @@ class Quantizer:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
+        asymmetric: bool = True,
         strict: bool = True,
         progress: bool = True,
-        refits: int = 3,
+        refits: int = 1,
     ) -> nn.Module:
         r"""Share (or re-cluster) every target tensor of ``model``.
 
@@ -562,10 +568,13 @@ class Quantizer:
                 ``algorithm="fisher"``.
             sequential (bool): record each layer's inputs with the earlier layers already
                 shared (GPTQ-style). Default: True.
+            asymmetric (bool): with ``sequential``, fit each layer to the dense model's
+                outputs, so that it also corrects the errors of earlier layers (runs each
+                batch twice). Default: True.
             strict (bool): raise ``ValueError`` for a target no batch reaches; with
                 False it is shared data-free, logged. Default: True.
             progress (bool): show a progress bar over the layer groups. Default: True.
-            refits (int): sweep + least-squares refit rounds of ``"hessian"``. Default: 3.
+            refits (int): sweep + least-squares refit rounds of ``"hessian"``. Default: 1.
 
         Returns:
             ``model``.
@@ -603,6 +612,7 @@ class Quantizer:
                 damping=self.damping,
                 refits=refits,
                 sequential=sequential,
+                asymmetric=asymmetric,
                 strict=strict,
                 progress=progress,
             )

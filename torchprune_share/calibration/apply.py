@@ -161,8 +161,9 @@ def share_calibrated(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     algorithm: str = "hessian",
     damping: float = 0.01,
-    refits: int = 3,
+    refits: int = 1,
     sequential: bool = True,
+    asymmetric: bool = True,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
@@ -194,6 +195,7 @@ def share_calibrated(
         loss_fn=loss_fn,
         algorithm=algorithm,
         sequential=sequential,
+        asymmetric=asymmetric,
         strict=strict,
         progress=progress,
     )
@@ -269,6 +271,7 @@ def prune_calibrated(
     algorithm: str = "hessian",
     damping: float = 0.01,
     sequential: bool = True,
+    asymmetric: bool = True,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
@@ -299,6 +302,7 @@ def prune_calibrated(
         loss_fn=loss_fn,
         algorithm=algorithm,
         sequential=sequential,
+        asymmetric=asymmetric,
         strict=strict,
         progress=progress,
     )

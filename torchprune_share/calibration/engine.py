@@ -98,14 +98,18 @@ def _hook_input(args: tuple, kwargs: dict) -> Tensor | None:
     return None
 
 
+def _once(run: Callable[[Any], Any], batch: Any) -> None:
+    try:
+        run(batch)
+    except _Stop:
+        pass
+
+
 def _run(model: nn.Module, batches: Iterable[Any], run: Callable[[Any], Any]) -> None:
     seen = 0
     for batch in batches:
         seen += 1
-        try:
-            run(batch)
-        except _Stop:
-            pass
+        _once(run, batch)
     if seen == 0:
         raise ValueError("calibration is exhausted: it gave no batch on a second pass")
 
@@ -149,59 +153,88 @@ def _discover(
     return groups, any(n > 1 for n in calls.values())
 
 
+class _Recorder:
+    """Forward pre-hooks gathering one group's statistics over the calibration batches.
+
+    With ``staging`` holding compressed layers, each batch runs twice: once with the
+    originals shown (recording the dense model's inputs) and once compressed; the pairs
+    give both ``H̃`` and the cross term of :func:`~.matrix.dense_target`.
+    """
+
+    def __init__(self, group: list[Target], early_stop: bool, staging: Staging | None) -> None:
+        self.group, self.early_stop, self.staging = group, early_stop, staging
+        self.acc: dict[int, Any] = {}
+        self.dense: dict[int, list[Tensor]] = {}
+        self.seen: set[int] = set()
+        self.mode = "staged"
+
+    def hook(self, t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _hook_input(args, kwargs)
+            if x is not None:
+                self._add(t, module, x)
+            self.seen.add(id(t))
+            if self.early_stop and len(self.seen) == len(self.group):
+                raise _Stop
+
+        return record
+
+    def _add(self, t: Target, module: nn.Module, x: Tensor) -> None:
+        if t.kind == COUNTS:
+            if self.mode == "staged":
+                counts = token_counts(module, x)
+                self.acc[id(t)] = counts if id(t) not in self.acc else self.acc[id(t)] + counts
+            return
+        rows = input_rows(module, x)
+        if self.mode == "dense":
+            self.dense.setdefault(id(t), []).append(rows)
+            return
+        if id(t) not in self.acc:
+            self.acc[id(t)] = HessianAccumulator(rows.shape[1], device=rows.device)
+        queue = self.dense.get(id(t))
+        self.acc[id(t)].add(rows, queue.pop(0) if queue else None)
+
+    def run(self, model: nn.Module, forward: Forward, batch: Any) -> None:
+        if self.staging is not None and len(self.staging):
+            self.mode, self.dense = "dense", {}
+            self.seen.clear()
+            with self.staging.suspend():
+                _once(lambda b: forward(model, b), batch)
+        self.mode = "staged"
+        self.seen.clear()
+        forward(model, batch)
+
+    def statistics(self) -> dict[int, Statistics]:
+        out = {}
+        for t in self.group:
+            a = self.acc.get(id(t))
+            if a is None:
+                continue
+            if t.kind == COUNTS:
+                out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
+            else:
+                out[id(t)] = Statistics(hessian=a.hessian(), cross=a.cross())
+        return out
+
+
 def _statistics(
     model: nn.Module,
     batches: Iterable[Any],
     forward: Forward,
     group: list[Target],
     early_stop: bool,
+    staging: Staging | None = None,
 ) -> dict[int, Statistics]:
     """Hessians (or token counts) of ``group`` over all batches."""
-    acc: dict[int, Any] = {}
-    seen: set[int] = set()
-    handles = []
-
-    def hook(t: Target) -> Callable[..., None]:
-        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = _hook_input(args, kwargs)
-            if x is None:
-                return
-            if t.kind == COUNTS:
-                counts = token_counts(module, x)
-                acc[id(t)] = counts if id(t) not in acc else acc[id(t)] + counts
-            else:
-                rows = input_rows(module, x)
-                if id(t) not in acc:
-                    acc[id(t)] = HessianAccumulator(rows.shape[1], device=rows.device)
-                acc[id(t)].add(rows)
-            seen.add(id(t))
-            if early_stop and len(seen) == len(group):
-                raise _Stop
-
-        return record
-
-    def run(batch: Any) -> None:
-        seen.clear()
-        forward(model, batch)
-
-    for t in group:
-        handles.append(t.module.register_forward_pre_hook(hook(t), with_kwargs=True))
+    rec = _Recorder(group, early_stop, staging)
+    handles = [t.module.register_forward_pre_hook(rec.hook(t), with_kwargs=True) for t in group]
     try:
         with torch.no_grad():
-            _run(model, batches, run)
+            _run(model, batches, lambda b: rec.run(model, forward, b))
     finally:
         for h in handles:
             h.remove()
-    out = {}
-    for t in group:
-        if id(t) not in acc:
-            continue
-        a = acc[id(t)]
-        if t.kind == COUNTS:
-            out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
-        else:
-            out[id(t)] = Statistics(hessian=a.hessian())
-    return out
+    return rec.statistics()
 
 
 def _fisher(
@@ -304,6 +337,7 @@ def calibrate(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     algorithm: str = "hessian",
     sequential: bool = True,
+    asymmetric: bool = True,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
@@ -321,6 +355,9 @@ def calibrate(
             ``algorithm="fisher"``.
         algorithm (str): ``"hessian"``, ``"diagonal"`` or ``"fisher"``.
         sequential (bool): record each group after the earlier ones are compressed.
+        asymmetric (bool): with ``sequential``, fit each layer to the dense model's
+            outputs (not to its own on the compressed inputs), so it also corrects the
+            errors of the earlier layers; runs every batch twice.
         strict (bool): a target no batch reaches raises ``ValueError``; else it is
             compressed data-free, with a log line.
         progress (bool): show a tqdm bar over the layer groups.
@@ -352,7 +389,14 @@ def calibrate(
     staging = Staging()
     try:
         for group in tqdm(groups, desc="calibrating", disable=not progress, leave=False):
-            stats = _statistics(model, batches, forward, group, early_stop=not repeated)
+            stats = _statistics(
+                model,
+                batches,
+                forward,
+                group,
+                early_stop=not repeated,
+                staging=staging if sequential and asymmetric else None,
+            )
             for t in group:
                 value = compress(t, stats.get(id(t)))
                 if sequential:

@@ -40,17 +40,33 @@ class HessianAccumulator:
 
     def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
         self.sum = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+        self.cross_sum: Tensor | None = None
         self.count = 0
 
-    def add(self, rows: Tensor) -> None:
-        """Add the rows ``(t, dim)`` of one batch of inputs."""
+    def add(self, rows: Tensor, reference: Tensor | None = None) -> None:
+        """Add the rows ``(t, dim)`` of one batch of inputs.
+
+        Args:
+            rows (Tensor): the inputs the compressed layer will see.
+            reference (Tensor, optional): the inputs the dense layer saw for the same
+                tokens (same shape): accumulates ``Σ x_ref xᵀ`` for :meth:`cross`.
+        """
         x = rows.detach().reshape(-1, self.sum.shape[0]).to(self.sum.device, torch.float32)
         self.sum.addmm_(x.T, x)
+        if reference is not None:
+            r = reference.detach().reshape(x.shape).to(x.device, torch.float32)
+            if self.cross_sum is None:
+                self.cross_sum = torch.zeros_like(self.sum)
+            self.cross_sum.addmm_(r.T, x)
         self.count += x.shape[0]
 
     def hessian(self) -> Tensor:
         """``H``, the mean of ``x xᵀ`` (zeros before any row was added)."""
         return self.sum / max(self.count, 1)
+
+    def cross(self) -> Tensor | None:
+        """``(1/n) Σ x_ref xᵀ`` when references were given, else ``None``."""
+        return None if self.cross_sum is None else self.cross_sum / max(self.count, 1)
 
 
 def inverse_cholesky(h: Tensor, damping: float = 0.01) -> tuple[Tensor, Tensor, float]:

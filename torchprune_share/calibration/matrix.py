@@ -6,7 +6,7 @@ and :class:`~torchprune_share.LevelPruner`:
 * ``"hessian"`` (default): sharing fits codebooks by k-means weighted with ``diag H``,
   then assigns codes in a GPTQ column sweep (error feedback through ``H⁻¹``, columns in
   order of decreasing ``diag H``) and refits the centroids by least squares under ``H``,
-  alternating a few times and keeping the best; pruning is the SparseGPT sweep (mask
+  keeping the best; pruning is the SparseGPT sweep (mask
   chosen per block, survivors updated to compensate), whose survivors are then refitted
   exactly by least squares for the chosen mask.
 * ``"diagonal"``: only ``diag H`` (llama.cpp's importance matrix): weighted k-means;
@@ -28,7 +28,7 @@ from .hessian import inverse_cholesky
 from .refit import refit_codebook, refit_survivors, sort_codebook
 from .sweep import codebook_sweep, lookup, output_error, prune_sweep, quotas
 
-__all__ = ["ALGORITHMS", "Statistics", "prune_matrix", "share_matrix"]
+__all__ = ["ALGORITHMS", "Statistics", "dense_target", "prune_matrix", "share_matrix"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,42 @@ class Statistics:
     """What the calibration pass learnt about one weight.
 
     Attributes:
-        hessian: ``(C, C)`` input Hessian of a Linear/Conv layer, or ``None``.
+        hessian: ``(C, C)`` input Hessian ``(1/n) Σ x̃ x̃ᵀ`` of a Linear/Conv layer over
+            the inputs ``x̃`` it sees once the earlier layers are compressed, or ``None``.
         importance: per-entry weights of the 2-D weight's shape (Fisher ``Σ g²``, or an
             embedding's row counts), or ``None``.
+        cross: ``(C, C)`` ``(1/n) Σ x x̃ᵀ`` with ``x`` the dense model's inputs for the
+            same tokens, or ``None`` (then ``x̃ = x``).
     """
 
     hessian: Tensor | None = None
     importance: Tensor | None = None
+    cross: Tensor | None = None
+
+
+def dense_target(w: Tensor, stats: Statistics, damping: float) -> Tensor:
+    r"""The weight ``W'`` whose outputs on the compressed model's inputs best match the dense ones.
+
+    Minimising ``Σ_t ‖W x_t − Q x̃_t‖²`` over ``Q`` equals minimising
+    ``tr((Q − W') H̃ (Q − W')ᵀ)`` with ``W' = W (Σ x x̃ᵀ) H̃⁻¹``: the compressed layer is
+    fitted to the dense model's outputs, so it also corrects the errors that earlier
+    compressed layers put into its inputs ("asymmetric" calibration, as in GPTAQ).
+
+    Example:
+        >>> h = torch.eye(2)
+        >>> dense_target(torch.ones(1, 2), Statistics(hessian=h, cross=2 * h), 0.0)
+        tensor([[2., 2.]])
+    """
+    if stats.cross is None or stats.hessian is None:
+        return w
+    h = stats.hessian.to(torch.float64)
+    lam = damping * float(torch.diagonal(h).clamp(min=0).mean())
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    chol, info = torch.linalg.cholesky_ex(h + max(lam, 1e-12) * eye)
+    if int(info) != 0:
+        return w
+    rhs = (w.to(torch.float64) @ stats.cross.to(torch.float64)).T
+    return torch.cholesky_solve(rhs, chol).T.to(w.dtype)
 
 
 def _entry_weights(w: Tensor, stats: Statistics, damping: float) -> Tensor:
@@ -137,7 +166,7 @@ def share_matrix(
     damping: float = 0.01,
     init: str = "linear",
     method: str = "lloyd",
-    refits: int = 3,
+    refits: int = 1,
     block: int = 128,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -171,7 +200,7 @@ def share_matrix(
         >>> cb.shape, int(codes.max()) <= 3
         (torch.Size([4, 4]), True)
     """
-    w = w.detach().to(torch.float32)
+    w = dense_target(w.detach().to(torch.float32), stats, damping)
     weights = _entry_weights(w, stats, damping)
     cb, codes = _initial_codebook(
         w,
@@ -241,7 +270,7 @@ def prune_matrix(
         >>> keep.tolist()
         [[False, True], [False, True]]
     """
-    w = w.detach().to(torch.float32)
+    w = dense_target(w.detach().to(torch.float32), stats, damping)
     extra = min(int(extra), int(keep.sum()))
     if extra <= 0:
         return keep.clone(), None

@@ -2,13 +2,17 @@
 
 Sequential calibration records each layer's inputs with the earlier layers already
 compressed, yet a failure half-way must leave the model exactly as it was. A
-:class:`Staging` writes a staged value into the tensor's storage (saving the original
-bitwise) or, for a reparametrized tensor, makes its parametrization return the staged
-value; :meth:`Staging.restore` undoes every change.
+:class:`Staging` swaps a staged tensor in for the parameter's data (the original tensor
+object is kept, so swapping back is exact and costs nothing) or, for a reparametrized
+tensor, makes its parametrization return the staged value. :meth:`Staging.suspend`
+shows the original model for a while (the calibration compares the outputs of both),
+:meth:`Staging.restore` undoes everything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +20,51 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 __all__ = ["Staging"]
+
+
+class _Entry:
+    """One staged tensor: how to show its staged value and how to show the original."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+        self.parametrized = parametrize.is_parametrized(module, name)
+        self.hooked = not self.parametrized and hasattr(module, name + "_orig")
+        if self.parametrized:
+            plist = module.parametrizations[name]
+            self.target: Any = plist
+            self.original: Any = plist.__dict__.get("forward")
+        else:
+            param = getattr(module, name + "_orig") if self.hooked else getattr(module, name)
+            self.target, self.original = param, param.data
+            if self.hooked:
+                mask = getattr(module, name + "_mask")
+                self.mask, self.mask_original = mask, mask.data
+                self.attr_original = getattr(module, name)
+        self.staged: Tensor | None = None
+
+    def show_staged(self) -> None:
+        v = self.staged
+        assert v is not None
+        if self.parametrized:
+            self.target.forward = lambda *args, _v=v: _v
+            return
+        self.target.data = v
+        if self.hooked:
+            self.mask.data = torch.ones_like(self.mask_original)
+            # torch's hook recomputes ``name`` only at the next forward.
+            setattr(self.module, self.name, v)
+
+    def show_original(self) -> None:
+        if self.parametrized:
+            if self.original is None:
+                self.target.__dict__.pop("forward", None)
+            else:
+                self.target.forward = self.original
+            return
+        self.target.data = self.original
+        if self.hooked:
+            self.mask.data = self.mask_original
+            setattr(self.module, self.name, self.attr_original)
 
 
 class Staging:
@@ -28,14 +77,19 @@ class Staging:
         >>> staging.stage(lin, "weight", torch.zeros(1, 2))
         >>> float(lin(torch.ones(1, 2)) - lin.bias)
         0.0
+        >>> with staging.suspend():
+        ...     torch.equal(lin.weight.detach(), before)
+        True
         >>> staging.restore()
         >>> torch.equal(lin.weight.detach(), before)
         True
     """
 
     def __init__(self) -> None:
-        self._undo: list[tuple[str, Any, Any]] = []
-        self._seen: set[tuple[int, str]] = set()
+        self._entries: dict[tuple[int, str], _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def stage(self, module: nn.Module, name: str, value: Tensor) -> None:
         """Make ``module.<name>`` read as ``value`` (the tensor's shape) until restored.
@@ -46,41 +100,28 @@ class Staging:
             value (Tensor): the staged value.
         """
         key = (id(module), name)
-        with torch.no_grad():
-            if parametrize.is_parametrized(module, name):
-                plist = module.parametrizations[name]
-                staged = value.detach().to(plist.original.dtype)
-                if key not in self._seen:
-                    self._undo.append(("forward", plist, plist.__dict__.get("forward")))
-                plist.forward = lambda *args, _v=staged: _v
-            elif hasattr(module, name + "_orig") and hasattr(module, name + "_mask"):
-                orig, mask = getattr(module, name + "_orig"), getattr(module, name + "_mask")
-                if key not in self._seen:
-                    self._undo.append(("attr", (module, name), getattr(module, name)))
-                    self._undo.append(("copy", orig, orig.detach().clone()))
-                    self._undo.append(("copy", mask, mask.detach().clone()))
-                orig.copy_(value)
-                mask.fill_(1)
-                # torch's hook recomputes ``name`` only at the next forward.
-                setattr(module, name, orig * mask)
-            else:
-                param = getattr(module, name)
-                if key not in self._seen:
-                    self._undo.append(("copy", param, param.detach().clone()))
-                param.copy_(value)
-        self._seen.add(key)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(module, name)
+        ref = entry.original if not entry.parametrized else module.parametrizations[name].original
+        entry.staged = value.detach().to(dtype=ref.dtype, device=ref.device)
+        if not entry.parametrized:
+            entry.staged = entry.staged.reshape(entry.original.shape).contiguous()
+        entry.show_staged()
+
+    @contextmanager
+    def suspend(self) -> Iterator[None]:
+        """Show the original tensors inside the ``with`` block, the staged ones after it."""
+        for entry in self._entries.values():
+            entry.show_original()
+        try:
+            yield
+        finally:
+            for entry in self._entries.values():
+                entry.show_staged()
 
     def restore(self) -> None:
-        """Undo every staged value, newest first (idempotent)."""
-        with torch.no_grad():
-            for what, target, saved in reversed(self._undo):
-                if what == "copy":
-                    target.copy_(saved)
-                elif what == "attr":
-                    setattr(*target, saved)
-                elif saved is None:
-                    target.__dict__.pop("forward", None)
-                else:
-                    target.forward = saved
-        self._undo.clear()
-        self._seen.clear()
+        """Undo every staged value (idempotent)."""
+        for entry in reversed(list(self._entries.values())):
+            entry.show_original()
+        self._entries.clear()

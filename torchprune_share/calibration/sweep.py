@@ -128,7 +128,7 @@ def codebook_sweep(
             col = w1[:, j]
             # searchsorted(side="left") on the midpoints: ties to the lower centroid, as
             # nearest_codes.
-            c = torch.searchsorted(mids, col.unsqueeze(1)).squeeze(1)
+            c = torch.searchsorted(mids, col.unsqueeze(1).contiguous()).squeeze(1)
             q = table.gather(1, c.unsqueeze(1)).squeeze(1)
             kept = keep[:, i1 + j]
             q = torch.where(kept, q, q.new_zeros(()))
@@ -156,7 +156,8 @@ def prune_sweep(
     swept, each pruned entry's error compensated by the later columns.
 
     Args:
-        w (Tensor): ``(R, C)`` float32 weight (entries outside ``keep`` are taken as zero).
+        w (Tensor): ``(R, C)`` float32 weight (target); entries outside ``keep`` are zeroed
+            by the sweep, their error compensated like that of the newly pruned ones.
         u (Tensor): ``(C, C)`` upper Cholesky factor of ``H⁻¹``.
         keep (Tensor): ``(R, C)`` ``bool``, the entries not yet pruned.
         extra (int): how many kept entries to prune, at most ``keep.sum()``.
@@ -171,8 +172,10 @@ def prune_sweep(
         >>> keep.tolist(), new.tolist()
         ([[False, True], [True, False]], [[0.0, 1.0], [2.0, 0.0]])
     """
-    rows, cols = w.shape
-    work = torch.where(keep, w, w.new_zeros(()))
+    _, cols = w.shape
+    # Entries pruned before are zeroed by the sweep like the new ones, so whatever their
+    # target holds is compensated too.
+    work = w.clone()
     new_keep = keep.clone()
     starts = list(range(0, cols, block))
     capacity = torch.stack([keep[:, s : min(s + block, cols)].sum() for s in starts])
