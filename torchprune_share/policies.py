@@ -197,7 +197,7 @@ class LevelPruner:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
-        asymmetric: bool = True,
+        asymmetric: bool = False,
         strict: bool = True,
         progress: bool = True,
     ) -> dict[str, float]:
@@ -230,7 +230,7 @@ class LevelPruner:
                 pruned (GPTQ-style). Default: True.
             asymmetric (bool): with ``sequential``, fit each layer to the dense model's
                 outputs, so that it also corrects the errors of earlier layers (runs each
-                batch twice). Default: True.
+                batch twice). Default: False.
             strict (bool): raise ``ValueError`` for a target no batch reaches; with
                 False it is pruned by magnitude, logged. Default: True.
             progress (bool): show a progress bar over the layer groups. Default: True.
@@ -535,7 +535,7 @@ class Quantizer:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
-        asymmetric: bool = True,
+        asymmetric: bool = False,
         strict: bool = True,
         progress: bool = True,
         refits: int = 1,
@@ -570,7 +570,7 @@ class Quantizer:
                 shared (GPTQ-style). Default: True.
             asymmetric (bool): with ``sequential``, fit each layer to the dense model's
                 outputs, so that it also corrects the errors of earlier layers (runs each
-                batch twice). Default: True.
+                batch twice). Default: False.
             strict (bool): raise ``ValueError`` for a target no batch reaches; with
                 False it is shared data-free, logged. Default: True.
             progress (bool): show a progress bar over the layer groups. Default: True.

@@ -163,7 +163,7 @@ def share_calibrated(
     damping: float = 0.01,
     refits: int = 1,
     sequential: bool = True,
-    asymmetric: bool = True,
+    asymmetric: bool = False,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
@@ -271,7 +271,7 @@ def prune_calibrated(
     algorithm: str = "hessian",
     damping: float = 0.01,
     sequential: bool = True,
-    asymmetric: bool = True,
+    asymmetric: bool = False,
     strict: bool = True,
     progress: bool = True,
 ) -> None:

@@ -337,7 +337,7 @@ def calibrate(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     algorithm: str = "hessian",
     sequential: bool = True,
-    asymmetric: bool = True,
+    asymmetric: bool = False,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
