@@ -120,6 +120,7 @@ def cluster(
     method: str = "lloyd",
     config: SharingConfig | None = None,
     generator: torch.Generator | None = None,
+    importance: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cluster the kept entries of ``weight`` into a codebook and an index.
 
@@ -134,6 +135,8 @@ def cluster(
         method (str): see :func:`torchprune_share.kmeans.kmeans1d`.
         config (SharingConfig, optional): all of the above in one object, in place of them.
         generator (torch.Generator, optional): randomness for random inits.
+        importance (Tensor, optional): non-negative per-entry weights of ``weight``'s
+            shape for a weighted k-means (trusted: checked by the caller).
 
     Returns:
         ``(codebook, index)``: codebook of ``weight``'s dtype, ``(k,)`` or ``(C, k)``, and
@@ -158,24 +161,36 @@ def cluster(
     dense = bool(mask.all())
     work_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     w = weight.detach().to(work_dtype)
+    weights = None if importance is None else importance.detach().to(work_dtype) * mask
     if config.granularity == "per_tensor":
-        codebook, codes = _per_tensor(w, mask, dense, config, generator)
+        codebook, codes = _per_tensor(w, mask, dense, config, generator, weights)
     else:
-        codebook, codes = _per_channel(w, mask, config, generator)
+        codebook, codes = _per_channel(w, mask, config, generator, weights)
     k = codebook.shape[-1]
     top = max(k - 1, 0) if dense else k
     return codebook.to(weight.dtype), codes.to(index_dtype(top)).contiguous()
 
 
 def _per_tensor(
-    w: Tensor, mask: Tensor, dense: bool, config: SharingConfig, generator: Any
+    w: Tensor,
+    mask: Tensor,
+    dense: bool,
+    config: SharingConfig,
+    generator: Any,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One codebook for the kept entries of ``w``; int64 codes, the pruned ones ``k``."""
     kept = w.reshape(-1) if dense else w[mask]
     if kept.numel() == 0:
         return w.new_zeros(0), torch.zeros(w.shape, dtype=torch.int64, device=w.device)
+    sw = None if weights is None else (weights.reshape(-1) if dense else weights[mask])
     codebook, labels = kmeans.kmeans1d(
-        kept, 2**config.bits, init=config.init, method=config.method, generator=generator
+        kept,
+        2**config.bits,
+        init=config.init,
+        method=config.method,
+        sample_weight=sw,
+        generator=generator,
     )
     if dense:
         return codebook, labels.to(w.device).view(w.shape)
@@ -185,7 +200,11 @@ def _per_tensor(
 
 
 def _per_channel(
-    w: Tensor, mask: Tensor, config: SharingConfig, generator: Any
+    w: Tensor,
+    mask: Tensor,
+    config: SharingConfig,
+    generator: Any,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One codebook per slice along the channel axis (rows clustered together, batched)."""
     dim = config.channel_dim(w.dim())
@@ -200,7 +219,11 @@ def _per_channel(
             2**config.bits,
             init=config.init,
             method=config.method,
-            sample_weight=row_mask.to(w.dtype),
+            sample_weight=(
+                row_mask.to(w.dtype)
+                if weights is None
+                else weights.movedim(dim, 0).reshape(rows.shape)
+            ),
             generator=generator,
         )
     labels = torch.where(row_mask, labels.to(w.device), codebook.shape[-1])

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import numbers
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .calibration.apply import PruneRequest, prune_calibrated
+from .config import calibration_settings
 from .names import split
 from .options import Problems, check_option_names, option_entries, raise_problems, with_defaults
 from .parametrizations import get_reparametrization
@@ -50,6 +52,11 @@ class LevelPruner:
             pruned (unknown names); one error lists every bad entry
             (``TypeError`` when each is a wrong type, else ``ValueError``).
         model (nn.Module, optional): the model, to check names now and for :meth:`step`.
+        algorithm (str): with calibration data, how entries are chosen: ``"hessian"``
+            (default, SparseGPT-class), ``"diagonal"`` (Wanda) or ``"fisher"`` (see
+            :meth:`prune`).
+        damping (float): relative dampening of the calibration Hessian, in (0, 1].
+            Default: 0.1.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
@@ -64,7 +71,10 @@ class LevelPruner:
         options: Sequence[Sequence[Any]] | Mapping[str, Any],
         *,
         model: nn.Module | None = None,
+        algorithm: str = "hessian",
+        damping: float = 0.1,
     ) -> None:
+        self.algorithm, self.damping = calibration_settings(algorithm, damping)
         entries = option_entries(options, "LevelPruner")
         bad = Problems()
         check_option_names(entries, bad)
@@ -116,9 +126,31 @@ class LevelPruner:
         return with_defaults(model, self.options, "LevelPruner")
 
     def prune(
-        self, model: nn.Module | None = None, update_masks: bool = False, step: int | None = None
+        self,
+        model: nn.Module | None = None,
+        update_masks: bool = False,
+        step: int | None = None,
+        *,
+        calibration: Iterable[Any] | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        sequential: bool = True,
+        asymmetric: bool = False,
+        strict: bool = True,
+        progress: bool = True,
     ) -> dict[str, float]:
         r"""Prune every target tensor up to its sparsity at ``step``.
+
+        Without ``calibration`` the smallest magnitudes go (data-free). With it, entries
+        are chosen by their effect on each layer's output on the calibration inputs, by
+        the pruner's ``algorithm``: ``"hessian"`` is the SparseGPT sweep (mask chosen per
+        block of columns by ``w² / [H⁻¹]ᵢᵢ``, each pruned entry's error compensated by the
+        later columns), followed by an exact least-squares refit of the survivors;
+        ``"diagonal"`` prunes per output row by the Wanda score ``|w| · ‖x‖``;
+        ``"fisher"`` by ``Σ g² · w²`` of ``loss_fn``. ``nn.Linear``,
+        ``nn.Conv1d``/``nn.Conv2d`` and ``nn.Embedding`` weights are calibrated; other
+        tensors are pruned by magnitude with one log line each. A shared tensor keeps
+        its codes (only its mask is calibrated). Nothing changes if anything fails.
 
         Args:
             model (nn.Module, optional): the model; default the one given before.
@@ -128,6 +160,8 @@ class LevelPruner:
                 Default: False (keep masks, prune only what the target adds).
             step (int, optional): the training step for schedules; default the last step
                 given (0 at first).
+            calibration, forward, loss_fn, sequential, asymmetric, strict, progress: as in
+                :meth:`~torchprune_share.Quantizer.quantize`.
 
         Returns:
             ``{name: target sparsity}`` at this step.
@@ -170,12 +204,32 @@ class LevelPruner:
                 continue
             plan.append((q, module, name, target, value, keep))
         raise_problems("LevelPruner", bad)
+        if calibration is not None:
+            if update_masks:
+                raise ValueError(
+                    "update_masks=True recomputes masks by magnitude; it cannot be combined "
+                    "with calibration"
+                )
+            prune_calibrated(
+                [PruneRequest(q, m, n, t) for q, m, n, t, _, _ in plan],
+                model,
+                calibration,
+                algorithm=self.algorithm,
+                damping=self.damping,
+                forward=forward,
+                loss_fn=loss_fn,
+                sequential=sequential,
+                asymmetric=asymmetric,
+                strict=strict,
+                progress=progress,
+            )
         for q, module, name, target, value, keep in plan:
             want = round(target * value.numel())
-            if update_masks:
+            pruned = value.numel() - int(keep.sum())
+            if calibration is None and update_masks:
                 self._recompute(module, name, value, keep, want)
-            elif want > value.numel() - int(keep.sum()):
-                level_prune(module, name, amount=want - (value.numel() - int(keep.sum())))
+            elif calibration is None and want > pruned:
+                level_prune(module, name, amount=want - pruned)
             reparam = get_reparametrization(module, name)
             self._applied[q] = (weakref.ref(reparam) if reparam is not None else None, target)
         return targets

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .calibration.apply import ShareRequest, share_calibrated
 from .config import SharingConfig
 from .names import DEFAULT
 from .options import (
@@ -72,7 +73,12 @@ class Quantizer:
         init, method, granularity, channel_axis, cache_index, generator: default sharing
             settings (see :func:`~torchprune_share.register_weight_sharing`), overridden
             per entry by its settings dict.
+        algorithm (str): with calibration data, how the codebooks are fitted:
+            ``"hessian"`` (default), ``"diagonal"`` or ``"fisher"`` (see :meth:`quantize`).
+        damping (float): relative dampening of the calibration Hessian, in (0, 1].
+            Default: 0.1.
         model (nn.Module, optional): the model, to check names now.
+        config (SharingConfig, optional): the default settings as one object.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -95,9 +101,11 @@ class Quantizer:
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
         config: SharingConfig | None = None,
+        algorithm: str = "hessian",
+        damping: float = 0.1,
     ) -> None:
         loose = {"init": init, "method": method, "granularity": granularity}
-        loose["channel_axis"] = channel_axis
+        loose.update(channel_axis=channel_axis, algorithm=algorithm, damping=damping)
         base = sharing_config(config, loose if config is None else changed_settings(loose))
         runtime_defaults = {"cache_index": cache_index, "generator": generator}
         _check_runtime(runtime_defaults)
@@ -151,14 +159,59 @@ class Quantizer:
         """
         return [(q, m, n, *v) for q, m, n, v in with_defaults(model, self.options, "Quantizer")]
 
-    def quantize(self, model: nn.Module) -> nn.Module:
+    def quantize(
+        self,
+        model: nn.Module,
+        calibration: Iterable[Any] | None = None,
+        *,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        sequential: bool = True,
+        asymmetric: bool = False,
+        strict: bool = True,
+        progress: bool = True,
+        refits: int = 1,
+    ) -> nn.Module:
         r"""Share (or re-cluster) every target tensor of ``model``.
 
         Every tensor is checked first (name, dtype, finite values, channel axis); on a
         problem a ``ValueError`` lists them all and nothing changes.
 
+        Without ``calibration`` the codebooks minimise the weights' squared error
+        (k-means, data-free). With it they minimise each layer's *output* error on the
+        calibration inputs, by the quantizer's ``algorithm``: ``"hessian"`` fits per-layer
+        codebooks by k-means weighted with ``diag H`` (``H = Σ x xᵀ`` of the layer's
+        inputs), assigns codes in a GPTQ-class column sweep (each column's error fed
+        through ``H⁻¹`` into the columns not yet done) and refits the centroids by least
+        squares under ``H``; ``"diagonal"`` is k-means weighted by ``diag H`` alone;
+        ``"fisher"`` is k-means weighted by ``Σ g²`` of ``loss_fn`` (SqueezeLLM). This
+        applies to ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (inputs unfolded; grouped
+        convolutions excepted) and ``nn.Embedding`` weights (whose ``H`` is the token
+        counts); any other tensor is shared data-free, with one log line. Pruned entries
+        stay zero and only kept weights compensate, so calibrated pruning followed by
+        calibrated sharing composes. The result is the same parametrization as the
+        data-free path; nothing changes in the model if anything fails (``forward``
+        raising included).
+
         Args:
             model (nn.Module): the model, changed in place.
+            calibration (Iterable, optional): batches of model inputs (a DataLoader, a
+                list); a one-shot iterator is read into a list. ``ValueError`` if empty.
+            forward (Callable, optional): ``forward(model, batch)`` runs the model on one
+                batch; default ``model(**batch)`` for a mapping, ``model(*batch)`` for a
+                tuple or list, else ``model(batch)``.
+            loss_fn (Callable, optional): ``loss_fn(model, batch)`` -> scalar loss, for
+                ``algorithm="fisher"`` (``TypeError`` for a non-scalar).
+            sequential (bool): record each layer group's inputs with the earlier groups
+                already shared (GPTQ-style); else one pass records all (faster, holds
+                every layer's ``H`` at once). Default: True.
+            asymmetric (bool): with ``sequential``, fit each layer to the dense model's
+                outputs rather than its own on the compressed inputs (runs each batch
+                twice). Default: False.
+            strict (bool): ``ValueError`` for a target no batch reaches; with False it is
+                shared data-free, with a log line. Default: True.
+            progress (bool): a progress bar over the layer groups. Default: True.
+            refits (int): sweep + least-squares refit rounds of ``"hessian"``. Default: 1.
 
         Returns:
             ``model``.
@@ -179,6 +232,24 @@ class Quantizer:
             except (TypeError, ValueError) as err:
                 bad.error(f"{q!r}: ", err)
         raise_problems("Quantizer", bad)
+        if calibration is not None:
+            requests = [
+                ShareRequest(q, m, n, self._config_of(q), s["cache_index"], s["generator"])
+                for q, m, n, _, s in plan
+            ]
+            share_calibrated(
+                requests,
+                model,
+                calibration,
+                refits=refits,
+                forward=forward,
+                loss_fn=loss_fn,
+                sequential=sequential,
+                asymmetric=asymmetric,
+                strict=strict,
+                progress=progress,
+            )
+            return model
         for q, module, name, bits, settings in plan:
             config = self._config_of(q)
             runtime = {k: settings[k] for k in _RUNTIME_KEYS}

@@ -110,6 +110,7 @@ def register_weight_sharing(
     cache_index: bool = True,
     generator: torch.Generator | None = None,
     config: SharingConfig | None = None,
+    importance: torch.Tensor | None = None,
 ) -> nn.Module:
     r"""Share the values of ``module.<name>`` through a trainable k-means codebook.
 
@@ -144,6 +145,10 @@ def register_weight_sharing(
         config (SharingConfig, optional): ``bits``, ``init``, ``method``, ``granularity``
             and ``channel_axis`` as one object, in place of those arguments (leave them at
             their defaults).
+        importance (Tensor, optional): per-entry weights ``>= 0`` of the tensor's shape
+            for a weighted k-means (e.g. Fisher information or an activation-based score
+            you computed); default unweighted. For scores from calibration data, see
+            :meth:`~torchprune_share.Quantizer.quantize`.
 
     Returns:
         ``module``, with ``module.<name>`` parametrized.
@@ -175,7 +180,9 @@ def register_weight_sharing(
             f"name={name!r} is already shared ({reparam.bits} bits); call "
             "torchprune_share.recluster(module, name, bits=...) to cluster it again"
         )
-    return _share(module, name, cfg, cache_index=cache_index, generator=generator)
+    return _share(
+        module, name, cfg, cache_index=cache_index, generator=generator, importance=importance
+    )
 
 
 def recluster(
@@ -242,6 +249,7 @@ def _share(
     *,
     cache_index: bool,
     generator: torch.Generator | None = None,
+    importance: torch.Tensor | None = None,
 ) -> nn.Module:
     """Cluster ``module.<name>`` and make a :class:`WeightSharing` its one reparametrization.
 
@@ -251,12 +259,81 @@ def _share(
     """
     value, keep = compressible_state(module, name)
     config.check_tensor(value.dim())
-    codebook, index = cluster(value, keep, config=config, generator=generator)
+    imp = None if importance is None else check_importance(importance, value)
+    codebook, index = cluster(value, keep, config=config, generator=generator, importance=imp)
+    return share_with(module, name, codebook, index, config, cache_index=cache_index)
+
+
+def check_importance(importance: object, value: torch.Tensor) -> torch.Tensor:
+    """``importance`` as the weights of a weighted k-means of ``value``, after checking it.
+
+    Raises:
+        TypeError: ``importance`` is not a floating-point tensor.
+        ValueError: wrong shape, negative, NaN/Inf, or all zero.
+
+    Example:
+        >>> check_importance(torch.ones(2), torch.zeros(2))
+        tensor([1., 1.])
+    """
+    if not isinstance(importance, torch.Tensor) or not importance.is_floating_point():
+        raise TypeError(
+            "importance must be a floating-point tensor of the weight's shape, got "
+            f"{type(importance).__name__ if not isinstance(importance, torch.Tensor) else importance.dtype}"
+        )
+    if importance.shape != value.shape:
+        raise ValueError(
+            f"importance must have the weight's shape {tuple(value.shape)}, got "
+            f"{tuple(importance.shape)}"
+        )
+    if not bool(torch.isfinite(importance).all()) or bool((importance < 0).any()):
+        raise ValueError("importance must be finite and >= 0 everywhere")
+    if not bool((importance > 0).any()):
+        raise ValueError("importance is zero everywhere: no entry would count")
+    return importance.detach().to(value.device)
+
+
+def share_with(
+    module: nn.Module,
+    name: str,
+    codebook: torch.Tensor,
+    index: torch.Tensor,
+    config: SharingConfig,
+    *,
+    cache_index: bool = True,
+) -> nn.Module:
+    """Make ``codebook[index]`` the one reparametrization of ``module.<name>``.
+
+    Whatever carries the tensor now is replaced. ``codebook`` and ``index`` are trusted:
+    computed by this package (:func:`~torchprune_share.codebook.cluster` or the
+    calibrated sweeps), ``index`` holding codes ``0..k`` with ``k`` the pruned zero.
+
+    Args:
+        module (nn.Module): the module.
+        name (str): the tensor's name.
+        codebook (Tensor): ``(k,)`` or ``(C, k)`` centroids.
+        index (Tensor): integer codes of the tensor's shape.
+        config (SharingConfig): the sharing settings.
+        cache_index (bool): see :func:`register_weight_sharing`.
+
+    Returns:
+        ``module``.
+
+    Example:
+        >>> lin = nn.Linear(2, 1)
+        >>> idx = torch.tensor([[0, 1]], dtype=torch.uint8)
+        >>> _ = share_with(lin, "weight", torch.tensor([-1.0, 1.0]), idx, SharingConfig(bits=1))
+        >>> lin.weight
+        tensor([[-1.,  1.]], grad_fn=<...>)
+    """
+    value = getattr(module, name)
     # Everything that can fail has run; from here the module changes.
     TensorState.of(module, name).to_plain()
     requires_grad = getattr(module, name).requires_grad
     sharing = WeightSharing(
-        index.to(value.device), codebook.to(value.device), config=config, cache_index=cache_index
+        index.to(value.device),
+        codebook.to(device=value.device, dtype=value.dtype),
+        config=config,
+        cache_index=cache_index,
     )
     register(module, name, sharing, unsafe=True)
     codebook_param = module.parametrizations[name].original

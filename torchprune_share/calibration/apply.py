@@ -1,0 +1,245 @@
+"""Calibrated sharing and pruning of many tensors: plan under calibration, then commit.
+
+:func:`share_calibrated` and :func:`prune_calibrated` are what
+:meth:`~torchprune_share.Quantizer.quantize` and :meth:`~torchprune_share.LevelPruner.prune`
+run when given calibration data. Each computes every tensor's compressed form first
+(:func:`~torchprune_share.calibration.engine.calibrate`, which leaves the model as it
+was), and only then registers the same parametrizations as the data-free path
+(:class:`~torchprune_share.WeightSharing` with codebook and index,
+:class:`~torchprune_share.PruningMask`), so training, checkpoints, files and bake work
+unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..codebook import cluster, index_dtype
+from ..config import SharingConfig
+from ..pruning import apply_keep_mask, compressible_state, level_mask
+from ..sharing import share_with
+from ..state import MASKED, SHARED, TensorState
+from .engine import Target, calibrate
+from .matrix import Statistics, prune_matrix, share_matrix
+from .sweep import lookup
+
+__all__ = ["PruneRequest", "ShareRequest", "prune_calibrated", "share_calibrated"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ShareRequest:
+    """One tensor to share: where it is, its settings and its runtime options."""
+
+    qualified: str
+    module: nn.Module
+    name: str
+    config: SharingConfig
+    cache_index: bool = True
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class PruneRequest:
+    """One tensor to prune to ``sparsity`` (a fraction of all its entries)."""
+
+    qualified: str
+    module: nn.Module
+    name: str
+    sparsity: float
+
+
+def _as_matrix(value: Tensor) -> Tensor:
+    return value.reshape(value.shape[0], -1) if value.dim() > 1 else value.reshape(1, -1)
+
+
+def _matrix_stats(stats: Statistics) -> Statistics:
+    imp = stats.importance
+    return Statistics(stats.hessian, _as_matrix(imp) if imp is not None else None, stats.cross)
+
+
+def _share_one(
+    req: ShareRequest, stats: Statistics | None, refits: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(staged value, codebook, index)`` of one tensor."""
+    cfg = req.config
+    value, keep = compressible_state(req.module, req.name)
+    per_channel = cfg.granularity == "per_channel"
+    on_rows = value.dim() > 1 and cfg.channel_axis % value.dim() == 0
+    if stats is not None and per_channel and not on_rows:
+        logger.info(
+            "%s: per-channel codebooks along axis %d are fitted data-free",
+            req.qualified,
+            cfg.channel_axis,
+        )
+        stats = None
+    if stats is None:
+        codebook, index = cluster(value, keep, config=cfg, generator=req.generator)
+        return _gather(codebook, index, cfg), codebook, index
+    cb, codes = share_matrix(
+        _as_matrix(value),
+        _as_matrix(keep),
+        _matrix_stats(stats),
+        bits=cfg.bits,
+        per_row=per_channel,
+        algorithm=cfg.algorithm,
+        damping=cfg.damping,
+        init=cfg.init,
+        method=cfg.method,
+        refits=refits,
+        generator=req.generator,
+    )
+    cb = cb.to(value.dtype)
+    staged = lookup(cb, codes).view(value.shape)
+    k = cb.shape[1]
+    full = torch.where(codes >= 0, codes, k).view(value.shape)
+    index = full.to(index_dtype(max(k - 1, 0) if bool(keep.all()) else k))
+    return staged, (cb if per_channel else cb[0]), index
+
+
+def _gather(codebook: Tensor, index: Tensor, cfg: SharingConfig) -> Tensor:
+    """The dense value of ``codebook[index]`` (code ``k`` the zero)."""
+    zero = codebook.new_zeros((*codebook.shape[:-1], 1))
+    table = torch.cat([codebook, zero], dim=-1)
+    idx = index.to(torch.int64)
+    if cfg.granularity == "per_tensor":
+        return table[idx]
+    dim = cfg.channel_dim(idx.dim())
+    moved = idx.movedim(dim, 0).reshape(idx.shape[dim], -1)
+    vals = table.gather(1, moved)
+    return vals.reshape(idx.movedim(dim, 0).shape).movedim(0, dim)
+
+
+def _plan_then_commit(
+    requests: list[Any],
+    model: nn.Module,
+    calibration: Iterable[Any],
+    compute: Callable[[Any, Statistics | None], tuple[Tensor, Any]],
+    commit: Callable[[Any, Any], None],
+    **engine: Any,
+) -> None:
+    """Compute every request's plan under calibration (model untouched), then commit all."""
+    targets = [Target(r.qualified, r.module, r.name) for r in requests]
+    by_target = {id(t): r for t, r in zip(targets, requests)}
+    plans: dict[int, Any] = {}
+
+    def compress(t: Target, stats: Statistics | None) -> Tensor:
+        staged, plans[id(t)] = compute(by_target[id(t)], stats)
+        return staged
+
+    calibrate(model, targets, calibration, compress, **engine)
+    for t in targets:
+        commit(by_target[id(t)], plans[id(t)])
+
+
+def share_calibrated(
+    requests: list[ShareRequest],
+    model: nn.Module,
+    calibration: Iterable[Any],
+    *,
+    refits: int = 1,
+    **engine: Any,
+) -> None:
+    """Share every requested tensor, minimising each layer's output error on calibration data.
+
+    All requests use one ``algorithm`` (their configs'); ``engine`` holds the keywords of
+    :func:`~torchprune_share.calibration.engine.calibrate` (``forward``, ``loss_fn``,
+    ``sequential``, ``asymmetric``, ``strict``, ``progress``). Nothing changes in the
+    model unless every tensor was computed.
+    """
+    algorithms = sorted({r.config.algorithm for r in requests})
+    if len(algorithms) > 1:
+        raise ValueError(
+            f"one calibration pass runs one algorithm, got {algorithms}; quantize the tensors "
+            "of each algorithm with their own Quantizer"
+        )
+
+    def compute(req: ShareRequest, stats: Statistics | None) -> tuple[Tensor, Any]:
+        staged, codebook, index = _share_one(req, stats, refits)
+        return staged, (codebook, index)
+
+    def commit(req: ShareRequest, plan: tuple[Tensor, Tensor]) -> None:
+        share_with(req.module, req.name, *plan, req.config, cache_index=req.cache_index)
+
+    _plan_then_commit(
+        requests,
+        model,
+        calibration,
+        compute,
+        commit,
+        algorithm=algorithms[0] if algorithms else "hessian",
+        **engine,
+    )
+
+
+def _prune_one(
+    req: PruneRequest, stats: Statistics | None, algorithm: str, damping: float
+) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
+    """``(staged value, (new keep mask, updated values or None))`` of one tensor."""
+    value, keep = compressible_state(req.module, req.name)
+    extra = max(round(req.sparsity * value.numel()) - (value.numel() - int(keep.sum())), 0)
+    new_w = None
+    if stats is None or extra == 0:
+        new_keep = level_mask(value, keep, extra) if extra else keep
+    else:
+        new_keep, new_w = prune_matrix(
+            _as_matrix(value),
+            _as_matrix(keep),
+            _matrix_stats(stats),
+            extra,
+            algorithm=algorithm,
+            damping=damping,
+        )
+        new_keep = new_keep.view(value.shape)
+    if new_w is None:
+        return torch.where(new_keep, value, value.new_zeros(())), (new_keep, None)
+    new_w = new_w.view(value.shape).to(value.dtype)
+    return new_w, (new_keep, new_w)
+
+
+def _commit_pruning(req: PruneRequest, plan: tuple[Tensor, Tensor | None]) -> None:
+    keep, values = plan
+    state = TensorState.of(req.module, req.name)
+    if values is not None and state.kind == SHARED:
+        logger.info("%s is shared: its codes are kept, only the mask is calibrated", req.qualified)
+    elif values is not None:
+        if state.kind != MASKED:
+            state.to_plain()
+        param = TensorState.of(req.module, req.name).parameter()
+        with torch.no_grad():
+            # Entries pruned now keep their old value under the mask: they can come back
+            # with update_masks, as after level pruning.
+            param.copy_(torch.where(keep, values, param))
+    apply_keep_mask(req.module, req.name, keep)
+
+
+def prune_calibrated(
+    requests: list[PruneRequest],
+    model: nn.Module,
+    calibration: Iterable[Any],
+    *,
+    algorithm: str = "hessian",
+    damping: float = 0.1,
+    **engine: Any,
+) -> None:
+    """Prune every requested tensor by its effect on the layer's output on calibration data.
+
+    ``engine`` holds the keywords of :func:`~torchprune_share.calibration.engine.calibrate`.
+    Nothing changes in the model unless every tensor was computed.
+    """
+    _plan_then_commit(
+        requests,
+        model,
+        calibration,
+        lambda req, stats: _prune_one(req, stats, algorithm, damping),
+        _commit_pruning,
+        algorithm=algorithm,
+        **engine,
+    )

@@ -1,0 +1,398 @@
+"""The calibration pass: run the model on calibration batches and gather each target's statistics.
+
+Sequential by default (as GPTQ): targets are grouped by execution order (layers reading
+the same input tensor, such as attention's query/key/value, form one group); each group's
+statistics are recorded with every earlier group already compressed (staged, see
+:class:`~torchprune_share.calibration.staging.Staging`), so later layers see, and
+compensate, the errors of earlier ones. Each round stops the forward as soon as the
+group's last layer has read its input. Nothing is committed here: the caller's
+``compress`` callback returns the staged value and keeps its own plan, and every staged
+value is undone at the end, also when anything raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from ..state import TensorState
+from .hessian import HessianAccumulator
+from .layers import COUNTS, input_rows, layer_kind, token_counts
+from .matrix import Statistics
+from .staging import Staging
+
+__all__ = ["Target", "as_batches", "calibrate", "default_forward"]
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[nn.Module, Any], Any]
+Compress = Callable[["Target", "Statistics | None"], Tensor]
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, else ``model(batch)``.
+
+    Example:
+        >>> default_forward(nn.Identity(), (torch.ones(1),))
+        tensor([1.])
+    """
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+@dataclass
+class Target:
+    """One tensor to compress: ``module.<name>``, known in the model as ``qualified``."""
+
+    qualified: str
+    module: nn.Module
+    name: str
+    kind: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kind = layer_kind(self.module, self.name)
+
+
+def as_batches(calibration: object) -> Iterable[Any]:
+    """The calibration batches, re-iterable (a one-shot iterator is read into a list).
+
+    Raises:
+        TypeError: ``calibration`` is not iterable.
+        ValueError: it holds no batch.
+
+    Example:
+        >>> len(as_batches(iter([1, 2])))
+        2
+    """
+    if isinstance(calibration, (str, bytes)) or not isinstance(calibration, Iterable):
+        raise TypeError(
+            "calibration must be an iterable of model inputs (a DataLoader, a list of "
+            f"batches), got {type(calibration).__name__}"
+        )
+    if iter(calibration) is calibration:
+        calibration = list(calibration)
+    for _ in calibration:  # type: ignore[union-attr]
+        return calibration  # type: ignore[return-value]
+    raise ValueError("calibration holds no batch; give at least one model input")
+
+
+class _Stop(BaseException):
+    """Ends a forward early; a BaseException so that user code's ``except Exception`` lets it by."""
+
+
+def _hook_input(args: tuple, kwargs: dict) -> Tensor | None:
+    if args:
+        return args[0]
+    for value in kwargs.values():
+        if isinstance(value, Tensor):
+            return value
+    return None
+
+
+def _once(run: Callable[[Any], Any], batch: Any) -> None:
+    try:
+        run(batch)
+    except _Stop:
+        pass
+
+
+def _run(model: nn.Module, batches: Iterable[Any], run: Callable[[Any], Any]) -> None:
+    seen = 0
+    for batch in batches:
+        seen += 1
+        _once(run, batch)
+    if seen == 0:
+        raise ValueError("calibration is exhausted: it gave no batch on a second pass")
+
+
+def _discover(
+    model: nn.Module, batches: Iterable[Any], forward: Forward, targets: list[Target]
+) -> tuple[list[list[Target]], bool]:
+    """Group the reached targets by execution order; tell whether any runs twice a forward."""
+    first: dict[int, tuple[int, int]] = {}
+    calls: dict[int, int] = {}
+    handles = []
+    alive: list[Tensor] = []  # ids of inputs must stay unique while they are compared
+
+    def hook(t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls[id(t)] = calls.get(id(t), 0) + 1
+            if id(t) not in first:
+                x = _hook_input(args, kwargs)
+                key = id(x) if x is not None else -len(first) - 1
+                if x is not None:
+                    alive.append(x)
+                first[id(t)] = (len(first), key)
+
+        return record
+
+    for t in targets:
+        handles.append(t.module.register_forward_pre_hook(hook(t), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            _run(model, [next(iter(batches))], lambda b: forward(model, b))
+    finally:
+        for h in handles:
+            h.remove()
+    reached = sorted((t for t in targets if id(t) in first), key=lambda t: first[id(t)][0])
+    groups: list[list[Target]] = []
+    for t in reached:
+        if groups and first[id(groups[-1][0])][1] == first[id(t)][1]:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups, any(n > 1 for n in calls.values())
+
+
+class _Recorder:
+    """Forward pre-hooks gathering one group's statistics over the calibration batches.
+
+    With ``staging`` holding compressed layers, each batch runs twice: once with the
+    originals shown (recording the dense model's inputs) and once compressed; the pairs
+    give both ``H̃`` and the cross term of :func:`~.matrix.dense_target`.
+    """
+
+    def __init__(self, group: list[Target], early_stop: bool, staging: Staging | None) -> None:
+        self.group, self.early_stop, self.staging = group, early_stop, staging
+        self.acc: dict[int, Any] = {}
+        self.dense: dict[int, list[Tensor]] = {}
+        self.seen: set[int] = set()
+        self.mode = "staged"
+
+    def hook(self, t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _hook_input(args, kwargs)
+            if x is not None:
+                self._add(t, module, x)
+            self.seen.add(id(t))
+            if self.early_stop and len(self.seen) == len(self.group):
+                raise _Stop
+
+        return record
+
+    def _add(self, t: Target, module: nn.Module, x: Tensor) -> None:
+        if t.kind == COUNTS:
+            if self.mode == "staged":
+                counts = token_counts(module, x)
+                self.acc[id(t)] = counts if id(t) not in self.acc else self.acc[id(t)] + counts
+            return
+        rows = input_rows(module, x)
+        if self.mode == "dense":
+            self.dense.setdefault(id(t), []).append(rows)
+            return
+        if id(t) not in self.acc:
+            self.acc[id(t)] = HessianAccumulator(rows.shape[1], device=rows.device)
+        queue = self.dense.get(id(t))
+        self.acc[id(t)].add(rows, queue.pop(0) if queue else None)
+
+    def run(self, model: nn.Module, forward: Forward, batch: Any) -> None:
+        if self.staging is not None and len(self.staging):
+            self.mode, self.dense = "dense", {}
+            self.seen.clear()
+            with self.staging.suspend():
+                _once(lambda b: forward(model, b), batch)
+        self.mode = "staged"
+        self.seen.clear()
+        forward(model, batch)
+
+    def statistics(self) -> dict[int, Statistics]:
+        out = {}
+        for t in self.group:
+            a = self.acc.get(id(t))
+            if a is None:
+                continue
+            if t.kind == COUNTS:
+                out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
+            else:
+                out[id(t)] = Statistics(hessian=a.hessian(), cross=a.cross())
+        return out
+
+
+def _statistics(
+    model: nn.Module,
+    batches: Iterable[Any],
+    forward: Forward,
+    group: list[Target],
+    early_stop: bool,
+    staging: Staging | None = None,
+) -> dict[int, Statistics]:
+    """Hessians (or token counts) of ``group`` over all batches."""
+    rec = _Recorder(group, early_stop, staging)
+    handles = [t.module.register_forward_pre_hook(rec.hook(t), with_kwargs=True) for t in group]
+    try:
+        with torch.no_grad():
+            _run(model, batches, lambda b: rec.run(model, forward, b))
+    finally:
+        for h in handles:
+            h.remove()
+    return rec.statistics()
+
+
+def _fisher(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    targets: list[Target],
+) -> dict[int, Statistics]:
+    """Empirical Fisher ``Σ_batches g²`` of each target's effective tensor."""
+    sums: dict[int, Tensor] = {}
+    leaves = _leaf_tensors(targets)
+    flags = [p.requires_grad for p in leaves]
+    for p in leaves:
+        p.requires_grad_(True)
+    try:
+        for batch in batches:
+            _fisher_batch(model, batch, loss_fn, targets, sums)
+    finally:
+        for p, flag in zip(leaves, flags):
+            p.requires_grad_(flag)
+    return {i: Statistics(importance=s) for i, s in sums.items()}
+
+
+def _leaf_tensors(targets: list[Target]) -> list[Tensor]:
+    return [TensorState.of(t.module, t.name).parameter() for t in targets]
+
+
+def _fisher_batch(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    targets: list[Target],
+    sums: dict[int, Tensor],
+) -> None:
+    used: list[tuple[Target, Tensor]] = []
+    handles = []
+
+    def hook(t: Target) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple) -> None:
+            w = getattr(module, t.name)
+            if not any(w is u for _, u in used):
+                used.append((t, w))
+
+        return record
+
+    for t in targets:
+        handles.append(t.module.register_forward_pre_hook(hook(t)))
+    try:
+        with torch.enable_grad(), parametrize.cached():
+            loss = loss_fn(model, batch)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise TypeError(
+                    "loss_fn must return a scalar tensor, got "
+                    + (
+                        f"shape {tuple(loss.shape)}"
+                        if isinstance(loss, Tensor)
+                        else type(loss).__name__
+                    )
+                )
+            grads = torch.autograd.grad(loss.reshape(()), [w for _, w in used], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    per_target: dict[int, Tensor] = {}
+    for (t, _), g in zip(used, grads):
+        if g is not None:
+            per_target[id(t)] = g if id(t) not in per_target else per_target[id(t)] + g
+    for i, g in per_target.items():
+        sq = g.detach().to(torch.float32).square()
+        sums[i] = sq if i not in sums else sums[i] + sq
+
+
+def _missing(targets: list[Target], reached: set[int], strict: bool, what: str) -> None:
+    missing = [t.qualified for t in targets if id(t) not in reached]
+    if not missing:
+        return
+    if strict:
+        raise ValueError(
+            f"no calibration batch reaches {missing} ({what}); check forward/loss_fn, or pass "
+            "strict=False to compress them data-free"
+        )
+    logger.warning("%s: not reached by calibration (%s); compressed data-free", missing, what)
+
+
+def calibrate(
+    model: nn.Module,
+    targets: list[Target],
+    calibration: Iterable[Any],
+    compress: Compress,
+    *,
+    forward: Forward | None = None,
+    loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+    algorithm: str = "hessian",
+    sequential: bool = True,
+    asymmetric: bool = False,
+    strict: bool = True,
+    progress: bool = True,
+) -> None:
+    r"""Gather statistics of every target and hand them to ``compress``, layer group by group.
+
+    Args:
+        model (nn.Module): the model (left exactly as it was).
+        targets (list[Target]): the tensors to compress.
+        calibration (Iterable): batches of model inputs (see :func:`as_batches`).
+        compress (Callable): ``compress(target, stats)`` -> the compressed value to stage;
+            ``stats`` is ``None`` for a tensor compressed data-free.
+        forward (Callable, optional): ``forward(model, batch)``; default
+            :func:`default_forward`.
+        loss_fn (Callable, optional): ``loss_fn(model, batch)`` -> scalar loss; needed by
+            ``algorithm="fisher"``.
+        algorithm (str): ``"hessian"``, ``"diagonal"`` or ``"fisher"``.
+        sequential (bool): record each group after the earlier ones are compressed.
+        asymmetric (bool): with ``sequential``, fit each layer to the dense model's
+            outputs (not to its own on the compressed inputs), so it also corrects the
+            errors of the earlier layers; runs every batch twice.
+        strict (bool): a target no batch reaches raises ``ValueError``; else it is
+            compressed data-free, with a log line.
+        progress (bool): show a tqdm bar over the layer groups.
+    """
+    forward = forward if forward is not None else default_forward
+    batches = as_batches(calibration)
+    for t in targets:
+        if t.kind is None:
+            logger.info(
+                "%s: no calibrated algorithm for this tensor; compressed data-free", t.qualified
+            )
+    usable = [t for t in targets if t.kind is not None]
+    if algorithm == "fisher":
+        if loss_fn is None:
+            raise ValueError('algorithm="fisher" needs loss_fn(model, batch) -> scalar loss')
+        stats = _fisher(model, batches, loss_fn, usable)
+        _missing(usable, set(stats), strict, "the loss has no gradient for them")
+        for t in targets:
+            compress(t, stats.get(id(t)))
+        return
+    groups, repeated = _discover(model, batches, forward, usable)
+    _missing(usable, {id(t) for g in groups for t in g}, strict, "no forward reads them")
+    reached = {id(t) for g in groups for t in g}
+    for t in targets:
+        if id(t) not in reached:
+            compress(t, None)
+    if not sequential:
+        groups = [[t for g in groups for t in g]]
+    staging = Staging()
+    try:
+        for group in tqdm(groups, desc="calibrating", disable=not progress, leave=False):
+            stats = _statistics(
+                model,
+                batches,
+                forward,
+                group,
+                early_stop=not repeated,
+                staging=staging if sequential and asymmetric else None,
+            )
+            for t in group:
+                value = compress(t, stats.get(id(t)))
+                if sequential:
+                    staging.stage(t.module, t.name, value)
+    finally:
+        staging.restore()

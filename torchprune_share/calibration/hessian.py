@@ -1,0 +1,115 @@
+"""The layer Hessian of calibrated compression: accumulation and its inverse factor.
+
+For a layer ``y = W x`` the output error of a change ``Δ`` of ``W`` on calibration inputs
+``x_1..x_n`` is ``Σ_t ‖Δ x_t‖² = tr(Δ H Δᵀ)`` with ``H = Σ_t x_t x_tᵀ``: every method in
+this package that compensates errors (the GPTQ- and SparseGPT-class column sweeps) or
+weighs entries (``diag H``) works from ``H``. Tensors in, tensors out: no ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+__all__ = ["HessianAccumulator", "inverse_cholesky"]
+
+logger = logging.getLogger(__name__)
+
+# Retries of a failed Cholesky multiply the dampening by this factor.
+_DAMP_GROWTH = 10.0
+_MAX_TRIES = 6
+
+
+class HessianAccumulator:
+    r"""Running ``H = (1/n) Σ_t x_t x_tᵀ`` over rows of layer inputs, in float32.
+
+    Args:
+        dim (int): the input width (columns of the weight).
+        device (torch.device, optional): where ``H`` lives. Default: CPU.
+
+    Example:
+        >>> acc = HessianAccumulator(3)
+        >>> acc.add(torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]))
+        >>> acc.hessian()
+        tensor([[0.5000, 0.0000, 1.0000],
+                [0.0000, 0.5000, 0.0000],
+                [1.0000, 0.0000, 2.0000]])
+    """
+
+    def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
+        self.sum = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+        self.cross_sum: Tensor | None = None
+        self.count = 0
+
+    def add(self, rows: Tensor, reference: Tensor | None = None) -> None:
+        """Add the rows ``(t, dim)`` of one batch of inputs.
+
+        Args:
+            rows (Tensor): the inputs the compressed layer will see.
+            reference (Tensor, optional): the inputs the dense layer saw for the same
+                tokens (same shape): accumulates ``Σ x_ref xᵀ`` for :meth:`cross`.
+        """
+        x = rows.detach().reshape(-1, self.sum.shape[0]).to(self.sum.device, torch.float32)
+        self.sum.addmm_(x.T, x)
+        if reference is not None:
+            r = reference.detach().reshape(x.shape).to(x.device, torch.float32)
+            if self.cross_sum is None:
+                self.cross_sum = torch.zeros_like(self.sum)
+            self.cross_sum.addmm_(r.T, x)
+        self.count += x.shape[0]
+
+    def hessian(self) -> Tensor:
+        """``H``, the mean of ``x xᵀ`` (zeros before any row was added)."""
+        return self.sum / max(self.count, 1)
+
+    def cross(self) -> Tensor | None:
+        """``(1/n) Σ x_ref xᵀ`` when references were given, else ``None``."""
+        return None if self.cross_sum is None else self.cross_sum / max(self.count, 1)
+
+
+def inverse_cholesky(h: Tensor, damping: float = 0.1) -> tuple[Tensor, Tensor, float]:
+    r"""Upper Cholesky factor ``U`` of ``(H + λ I)⁻¹``, as the column sweeps need it.
+
+    Dead inputs (zero diagonal: an input that is always zero on the calibration data) get
+    a unit diagonal, so their weights' errors propagate nowhere. ``λ`` is ``damping``
+    times the mean diagonal; if the factorisation fails (``H`` numerically singular), it is
+    retried with ten times the dampening, up to six times, and the retry is logged.
+
+    Args:
+        h (Tensor): the ``(d, d)`` symmetric positive semi-definite Hessian.
+        damping (float): relative dampening in (0, 1].
+
+    Returns:
+        ``(U, dead, used)``: ``U`` upper triangular float32 with ``Uᵀ U = (H + λI)⁻¹``,
+        ``dead`` a ``bool`` ``(d,)`` mask of the dead inputs, and the relative dampening
+        finally used.
+
+    Example:
+        >>> u, dead, used = inverse_cholesky(torch.eye(2) * 4, damping=0.0)
+        >>> u, dead.tolist(), used
+        (tensor([[0.5000, 0.0000],
+                [0.0000, 0.5000]]), [False, False], 0.0)
+    """
+    h = h.detach().to(torch.float32).clone()
+    diag = torch.diagonal(h)
+    dead = diag <= 0
+    diag[dead] = 1.0
+    mean = float(diag.mean()) if diag.numel() else 1.0
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    used = damping
+    for attempt in range(_MAX_TRIES):
+        chol, info = torch.linalg.cholesky_ex(h + (used * mean) * eye)
+        if int(info) == 0:
+            inv = torch.cholesky_inverse(chol)
+            u, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if int(info) == 0 and bool(torch.isfinite(u).all()):
+                if attempt:
+                    logger.warning("Hessian needed dampening %.3g to factorise", used)
+                return u, dead, used
+        used = max(used, 1e-4) * _DAMP_GROWTH
+    raise ValueError(
+        f"the calibration Hessian could not be factorised even with dampening {used:.3g}; "
+        "the calibration data may be degenerate (e.g. constant inputs)"
+    )

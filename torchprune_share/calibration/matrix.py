@@ -1,0 +1,307 @@
+r"""Calibrated compression of one 2-D weight from its statistics (no ``nn.Module``).
+
+Three algorithms, the ``algorithm`` setting of :class:`~torchprune_share.SharingConfig`
+and :class:`~torchprune_share.LevelPruner`:
+
+* ``"hessian"`` (default): sharing fits codebooks by k-means weighted with ``diag H``,
+  then assigns codes in a GPTQ column sweep (error feedback through ``H⁻¹``, columns in
+  order of decreasing ``diag H``) and refits the centroids by least squares under ``H``,
+  keeping the best; pruning is the SparseGPT sweep (mask
+  chosen per block, survivors updated to compensate), whose survivors are then refitted
+  exactly by least squares for the chosen mask.
+* ``"diagonal"``: only ``diag H`` (llama.cpp's importance matrix): weighted k-means;
+  pruning by the Wanda score ``|w_ij| · ‖x_j‖`` per output row. No weight update.
+* ``"fisher"``: per-entry weights ``Σ g²`` (SqueezeLLM): weighted k-means; pruning by
+  ``F_ij · w_ij²`` (optimal brain damage with the empirical Fisher).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import kmeans
+from .hessian import inverse_cholesky
+from .refit import refit_codebook, refit_survivors, sort_codebook
+from .sweep import codebook_sweep, lookup, output_error, prune_sweep, quotas
+
+__all__ = ["Statistics", "dense_target", "prune_matrix", "share_matrix"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Statistics:
+    """What the calibration pass learnt about one weight.
+
+    Attributes:
+        hessian: ``(C, C)`` input Hessian ``(1/n) Σ x̃ x̃ᵀ`` of a Linear/Conv layer over
+            the inputs ``x̃`` it sees once the earlier layers are compressed, or ``None``.
+        importance: per-entry weights of the 2-D weight's shape (Fisher ``Σ g²``, or an
+            embedding's row counts), or ``None``.
+        cross: ``(C, C)`` ``(1/n) Σ x x̃ᵀ`` with ``x`` the dense model's inputs for the
+            same tokens, or ``None`` (then ``x̃ = x``).
+    """
+
+    hessian: Tensor | None = None
+    importance: Tensor | None = None
+    cross: Tensor | None = None
+
+
+def dense_target(w: Tensor, stats: Statistics, damping: float) -> Tensor:
+    r"""The weight ``W'`` whose outputs on the compressed model's inputs best match the dense ones.
+
+    Minimising ``Σ_t ‖W x_t − Q x̃_t‖²`` over ``Q`` equals minimising
+    ``tr((Q − W') H̃ (Q − W')ᵀ)`` with ``W' = W (Σ x x̃ᵀ) H̃⁻¹``: the compressed layer is
+    fitted to the dense model's outputs, so it also corrects the errors that earlier
+    compressed layers put into its inputs ("asymmetric" calibration, as in GPTAQ).
+
+    Example:
+        >>> h = torch.eye(2)
+        >>> dense_target(torch.ones(1, 2), Statistics(hessian=h, cross=2 * h), 0.0)
+        tensor([[2., 2.]])
+    """
+    if stats.cross is None or stats.hessian is None:
+        return w
+    h = stats.hessian.to(torch.float64)
+    lam = damping * float(torch.diagonal(h).clamp(min=0).mean())
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    chol, info = torch.linalg.cholesky_ex(h + max(lam, 1e-12) * eye)
+    if int(info) != 0:
+        return w
+    rhs = (w.to(torch.float64) @ stats.cross.to(torch.float64)).T
+    return torch.cholesky_solve(rhs, chol).T.to(w.dtype)
+
+
+def _entry_weights(w: Tensor, stats: Statistics, damping: float) -> Tensor:
+    if stats.importance is not None:
+        imp = stats.importance.to(torch.float32)
+        # Entries no sample touched still need a voice in the codebook.
+        floor = float(imp.max()) * 1e-6 if imp.numel() else 0.0
+        return imp.clamp(min=floor if floor > 0 else 1e-12)
+    if stats.hessian is not None:
+        d = torch.diagonal(stats.hessian).to(torch.float32).clamp(min=0)
+        d = d + damping * float(d.mean()) + 1e-12
+        return d.unsqueeze(0).expand_as(w)
+    return torch.ones_like(w)
+
+
+def _kmeans(
+    w: Tensor,
+    keep: Tensor,
+    sw: Tensor,
+    bits: int,
+    per_row: bool,
+    init: str,
+    method: str,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    if per_row:
+        cb, labels = kmeans.kmeans1d(
+            w, 2**bits, init=init, method=method, sample_weight=sw, generator=generator
+        )
+        codes = labels.to(torch.int64)
+    else:
+        cb, labels = kmeans.kmeans1d(
+            w[keep], 2**bits, init=init, method=method, sample_weight=sw[keep], generator=generator
+        )
+        cb = cb.unsqueeze(0)
+        codes = torch.full(w.shape, -1, dtype=torch.int64, device=w.device)
+        codes[keep] = labels.to(torch.int64)
+    return sort_codebook(cb.to(torch.float32), torch.where(keep, codes, -1))
+
+
+def _initial_codebook(
+    w: Tensor,
+    keep: Tensor,
+    weights: Tensor,
+    bits: int,
+    per_row: bool,
+    init: str,
+    method: str,
+    generator: torch.Generator | None,
+    *,
+    skewed: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Weighted k-means codebook (sorted) and codes (``-1`` where pruned).
+
+    With ``skewed`` weights (per-entry importance spanning orders of magnitude) Lloyd from
+    an evenly spaced init can stall with centroids on entries that weigh nothing; the
+    weighted-quantile ("density") init is run too and the lower weighted SSE kept (per
+    row when there is one codebook per row).
+    """
+    sw = torch.where(keep, weights, weights.new_zeros(()))
+    best = _kmeans(w, keep, sw, bits, per_row, init, method, generator)
+    if not skewed or init == "density":
+        return best
+    other = _kmeans(w, keep, sw, bits, per_row, "density", method, generator)
+
+    def cost(cb_codes: tuple[Tensor, Tensor]) -> Tensor:
+        err = (w - lookup(*cb_codes)).square() * sw
+        return err.sum(1) if per_row else err.sum().reshape(1)
+
+    better = cost(other) < cost(best)
+    if not per_row:
+        return other if bool(better) else best
+    k = max(best[0].shape[1], other[0].shape[1])
+    pad = lambda cb: torch.cat([cb, cb[:, -1:].expand(-1, k - cb.shape[1])], 1)  # noqa: E731
+    cb = torch.where(better.unsqueeze(1), pad(other[0]), pad(best[0]))
+    codes = torch.where(better.unsqueeze(1), other[1], best[1])
+    return cb, codes
+
+
+def share_matrix(
+    w: Tensor,
+    keep: Tensor,
+    stats: Statistics,
+    *,
+    bits: int,
+    per_row: bool,
+    algorithm: str = "hessian",
+    damping: float = 0.1,
+    init: str = "linear",
+    method: str = "lloyd",
+    refits: int = 1,
+    block: int = 128,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Codebook(s) and codes for ``w`` that minimise the layer's output error.
+
+    Args:
+        w (Tensor): ``(R, C)`` weight (rows are output channels).
+        keep (Tensor): ``(R, C)`` ``bool``; pruned entries stay zero (code ``-1``).
+        stats (Statistics): the weight's calibration statistics.
+        bits (int): at most ``2**bits`` centroids per codebook.
+        per_row (bool): one codebook per row, else one for the whole weight.
+        algorithm (str): see the module docstring; ``"hessian"`` needs ``stats.hessian``.
+        damping (float): relative Hessian dampening.
+        init, method (str): k-means settings of the initial codebook.
+        refits (int): sweep + refit rounds (``"hessian"`` only); 0 keeps the k-means
+            centroids.
+        block (int): columns per lazy block of the sweep.
+        generator (torch.Generator, optional): randomness of random inits.
+
+    Returns:
+        ``(codebook, codes)``: float32 ``(R, k)`` or ``(1, k)`` sorted codebook, and
+        ``int64`` ``(R, C)`` codes, ``-1`` where pruned.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(256, 8, generator=g)
+        >>> w = torch.randn(4, 8, generator=g)
+        >>> stats = Statistics(hessian=x.T @ x / 256)
+        >>> keep = torch.ones(4, 8, dtype=torch.bool)
+        >>> cb, codes = share_matrix(w, keep, stats, bits=2, per_row=True)
+        >>> cb.shape, int(codes.max()) <= 3
+        (torch.Size([4, 4]), True)
+    """
+    w = dense_target(w.detach().to(torch.float32), stats, damping)
+    weights = _entry_weights(w, stats, damping)
+    cb, codes = _initial_codebook(
+        w,
+        keep,
+        weights,
+        bits,
+        per_row,
+        init,
+        method,
+        generator,
+        skewed=stats.importance is not None,
+    )
+    if algorithm != "hessian" or stats.hessian is None or not bool(keep.any()):
+        return cb, codes
+    h = stats.hessian.to(torch.float32)
+    order = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+    inverse = torch.argsort(order)
+    u, _, used = inverse_cholesky(h[order][:, order], damping)
+    lam = used * float(torch.diagonal(h).clamp(min=0).mean())
+    h_damped = h + lam * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    best = (output_error(w, lookup(cb, codes), h), cb, codes)
+    for _ in range(max(refits, 1)):
+        codes = codebook_sweep(w[:, order], u, cb, keep[:, order], block=block)[:, inverse]
+        err = output_error(w, lookup(cb, codes), h)
+        if err < best[0]:
+            best = (err, cb, codes)
+        if refits == 0:
+            break
+        cb, codes = sort_codebook(refit_codebook(w, codes, h_damped, cb), codes)
+        err = output_error(w, lookup(cb, codes), h)
+        if err < best[0]:
+            best = (err, cb, codes)
+    logger.debug("sharing output error %.4g (k-means alone: see debug above)", best[0])
+    return best[1], best[2]
+
+
+def prune_matrix(
+    w: Tensor,
+    keep: Tensor,
+    stats: Statistics,
+    extra: int,
+    *,
+    algorithm: str = "hessian",
+    damping: float = 0.1,
+    block: int = 128,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Prune ``extra`` more entries of ``w`` by their effect on the layer's output.
+
+    Args:
+        w (Tensor): ``(R, C)`` weight.
+        keep (Tensor): ``(R, C)`` ``bool``, entries not yet pruned.
+        stats (Statistics): the weight's calibration statistics.
+        extra (int): how many kept entries to prune.
+        algorithm (str): see the module docstring.
+        damping (float): relative Hessian dampening (``"hessian"``).
+        block (int): columns per block of the SparseGPT sweep.
+
+    Returns:
+        ``(new_keep, new_w)``: ``new_w`` holds the updated survivors (``"hessian"`` with a
+        Hessian), else ``None`` (the values stay).
+
+    Example:
+        >>> w = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
+        >>> stats = Statistics(hessian=torch.diag(torch.tensor([1.0, 100.0])))
+        >>> keep, _ = prune_matrix(w, torch.ones(2, 2, dtype=torch.bool), stats, 2,
+        ...                        algorithm="diagonal")
+        >>> keep.tolist()
+        [[False, True], [False, True]]
+    """
+    w = dense_target(w.detach().to(torch.float32), stats, damping)
+    extra = min(int(extra), int(keep.sum()))
+    if extra <= 0:
+        return keep.clone(), None
+    if algorithm == "hessian" and stats.hessian is not None:
+        h = stats.hessian.to(torch.float32)
+        u, _, used = inverse_cholesky(h, damping)
+        new_keep, new_w = prune_sweep(w, u, keep, extra, block=block)
+        # The sweep's updates are greedy; the best survivors for the chosen mask are a
+        # least-squares problem of their own (a third less output error measured).
+        lam = used * float(torch.diagonal(h).clamp(min=0).mean())
+        h_damped = h + lam * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+        return new_keep, refit_survivors(w, new_keep, h_damped, new_w)
+    if stats.importance is not None:
+        score = stats.importance.to(torch.float32) * w.square()
+        per_row = False
+    elif stats.hessian is not None:
+        norms = torch.diagonal(stats.hessian).to(torch.float32).clamp(min=0).sqrt()
+        score, per_row = w.abs() * norms.unsqueeze(0), True
+    else:
+        score, per_row = w.abs(), False
+    return _lowest(score, keep, extra, per_row), None
+
+
+def _lowest(score: Tensor, keep: Tensor, extra: int, per_row: bool) -> Tensor:
+    """Prune the ``extra`` kept entries of lowest score (per row in proportion if asked)."""
+    masked = torch.where(keep, score, score.new_full((), float("inf")))
+    new_keep = keep.clone()
+    if not per_row:
+        idx = torch.topk(masked.reshape(-1), extra, largest=False).indices
+        new_keep.view(-1)[idx] = False
+        return new_keep
+    share = quotas(extra, keep.sum(1))
+    order = torch.argsort(masked, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return keep & ~(rank < share.unsqueeze(1))
