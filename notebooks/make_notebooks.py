@@ -801,7 +801,10 @@ POST_TRAINING = [
         `calibration` is any iterable of model inputs; `forward(model, batch)` says how to
         call the model on one (by default `model(batch)` for a tensor, `model(*batch)` for
         a tuple, `model(**batch)` for a dict). Layers are processed in order, each seeing
-        the inputs produced by the already compressed layers before it.
+        the inputs produced by the already compressed layers before it. Watch the output
+        error (relative to the dense outputs on the test images): accuracy on 359 test
+        images moves by 0.28 points per image and is too coarse to rank near-lossless
+        settings.
         """
     ),
     code(
@@ -843,12 +846,19 @@ POST_TRAINING = [
         )
         report("  then 3-bit, calibrated", calibrated)
         print(f"fc1 zeros: {100 * float((calibrated.fc1.weight == 0).float().mean()):.1f}%")
+
+        import os
+
+        from torchprune_share import save_compressed
+
+        path = os.path.join(out_dir, "post_training.tpsc")
+        print(f"{save_compressed(calibrated, path)} bytes on disk, no re-training")
         """
     ),
     md(
         """
         Everything downstream is unchanged: the compressed model trains (the codebooks are
-        parameters), saves with `save_compressed` and bakes with `bake`. Other algorithms
+        parameters), saves with `save_compressed` (above) and bakes with `bake`. Other algorithms
         are a setting: `algorithm="diagonal"` (cheaper: only the Hessian's diagonal,
         Wanda-style pruning) or `algorithm="fisher"` with a `loss_fn` (SqueezeLLM-style
         Fisher-weighted k-means). `benchmarks/post_training.py` compares them on a

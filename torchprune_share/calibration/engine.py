@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..state import TensorState
 from .hessian import HessianAccumulator
