@@ -153,6 +153,13 @@ def share_calibrated(
     :func:`~torchprune_share.calibration.engine.calibrate` (``forward``, ``loss_fn``,
     ``sequential``, ``asymmetric``, ``strict``, ``progress``). Nothing changes in the
     model unless every tensor was computed.
+
+    Example:
+        >>> lin = nn.Linear(8, 4)
+        >>> req = ShareRequest("weight", lin, "weight", SharingConfig(bits=2))
+        >>> share_calibrated([req], lin, [torch.randn(16, 8)], progress=False)
+        >>> len(torch.unique(lin.weight.detach())) <= 4
+        True
     """
     algorithms = sorted({r.config.algorithm for r in requests})
     if len(algorithms) > 1:
@@ -233,6 +240,13 @@ def prune_calibrated(
 
     ``engine`` holds the keywords of :func:`~torchprune_share.calibration.engine.calibrate`.
     Nothing changes in the model unless every tensor was computed.
+
+    Example:
+        >>> lin = nn.Linear(8, 4)
+        >>> prune_calibrated([PruneRequest("weight", lin, "weight", 0.5)], lin,
+        ...                  [torch.randn(16, 8)], progress=False)
+        >>> int((lin.weight == 0).sum())
+        16
     """
     _plan_then_commit(
         requests,
