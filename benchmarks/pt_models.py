@@ -69,7 +69,7 @@ class _Block(nn.Module):
 class TinyGPT(nn.Module):
     """A byte-level GPT: token + position embeddings, pre-LN blocks, untied head."""
 
-    def __init__(self, d: int = 128, layers: int = 4, heads: int = 4, ctx: int = 64) -> None:
+    def __init__(self, d: int = 96, layers: int = 3, heads: int = 4, ctx: int = 64) -> None:
         super().__init__()
         self.tok, self.pos = nn.Embedding(256, d), nn.Embedding(ctx, d)
         self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(layers))
@@ -104,7 +104,7 @@ def _train_gpt(data: torch.Tensor, ctx: int, steps: int, seed: int) -> TinyGPT:
     return model.eval()
 
 
-def gpt_case(steps: int = 1500, seed: int = 0) -> Case:
+def gpt_case(steps: int = 800, seed: int = 0) -> Case:
     """A small GPT trained here on the bundled Python docs; quality = -perplexity."""
     text = _pydoc_text().encode("utf-8", "replace")
     data = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(torch.int64)
