@@ -62,7 +62,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _reparams(model: nn.Module) -> list[tuple]:
     out = []
     for q, _, _, p in compressed_tensors(model):
-        extra = p.get_extra_state() if isinstance(p, WeightSharing) else None
+        extra = p.get_extra_state().tolist() if isinstance(p, WeightSharing) else None
         out.append((q, type(p).__name__, extra))
     return out
 
