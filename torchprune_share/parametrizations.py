@@ -31,7 +31,6 @@ from torch.nn.utils import parametrize
 from .codebook import SPREAD as SPREAD  # re-exported: 0.1.0 callers and tests
 from .codebook import CodebookGather, cluster, index_dtype, max_code
 from .compat import is_torch_default_deepcopy, is_tracing, slot_names, tensor_version
-from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
 from .config import SharingConfig
 
 __all__ = [
@@ -513,11 +512,6 @@ def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool =
     # Only replace torch's default (injected when the module's own class has none).
     if is_torch_default_deepcopy(cls):
         cls.__deepcopy__ = _deepcopy_with_own_class
-
-
-# 0.1.0 names, kept for the merge of parallel branches.
-_register = register
-_CodebookGather = CodebookGather
 
 
 def get_reparametrization(module: nn.Module, name: str) -> nn.Module | None:
