@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import pt_models  # noqa: E402
+import pt_models
 
-from torchprune_share import LevelPruner, Quantizer  # noqa: E402
+from torchprune_share import LevelPruner, Quantizer
 
 ALGORITHMS = ("data-free", "diagonal", "fisher", "hessian")
 SETTINGS = ("4-bit/ch", "3-bit/ch", "50%", "50%+4-bit")
