@@ -22,6 +22,7 @@ raises ``RuntimeError``; train the parametrized model and convert again.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,15 +32,16 @@ from torch import Tensor, nn
 
 from . import kernels
 from .layout import Layout, build_layout
-from .source import UnsupportedWeight, weight_parts
+from .source import weight_parts
 
 __all__ = [
     "BACKENDS",
-    "CompressedConv1d",
-    "CompressedConv2d",
     "CompressedLinear",
-    "conv_settings",
+    "CompressedModule",
+    "bias_of",
+    "layout_of",
     "propagate_nonfinite",
+    "refuse_backward",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class _InferenceOnly(torch.autograd.Function):
         )
 
 
-def _refuse_backward(x: Tensor, y: Tensor, what: str) -> Tensor:
+def refuse_backward(x: Tensor, y: Tensor, what: str) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _InferenceOnly.apply(x, y, what)
     return y
@@ -104,7 +106,7 @@ def propagate_nonfinite(bad: np.ndarray, rowptr: np.ndarray, cols: np.ndarray, y
         y[b, missing] = np.nan
 
 
-class _Compressed(nn.Module):
+class CompressedModule(nn.Module):
     """A weight ``(rows, K)`` held in one backend, with the checks every layer shares."""
 
     def __init__(self, layout: Layout, bias: Tensor | None, backend: str) -> None:
@@ -115,6 +117,10 @@ class _Compressed(nn.Module):
         self.stride_lut = layout.stride
         self.backend = _effective_backend(backend)
         self.layer_name = ""
+        k = layout.lut.size // (layout.rows if layout.stride else 1)
+        self.code_bits = None if layout.decoder == "value" else max(1, (k - 1).bit_length())
+        self._parts_key: tuple | None = None
+        self._parts_cache: tuple = ()
         b = None if bias is None else bias.detach().to(torch.float32).cpu().clone()
         self.register_buffer("bias", b)
         if self.backend == "kernel":
@@ -123,12 +129,14 @@ class _Compressed(nn.Module):
                     key, torch.from_numpy(np.ascontiguousarray(getattr(layout, key)))
                 )
         else:
-            csr = torch.sparse_csr_tensor(
-                torch.from_numpy(layout.rowptr.astype(np.int64)),
-                torch.from_numpy(layout.cols.astype(np.int64)),
-                torch.from_numpy(np.ascontiguousarray(layout.values(), dtype=np.float32)),
-                size=(layout.rows, layout.cols_total),
-            )
+            with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+                warnings.simplefilter("ignore", UserWarning)
+                csr = torch.sparse_csr_tensor(
+                    torch.from_numpy(layout.rowptr.astype(np.int64)),
+                    torch.from_numpy(layout.cols.astype(np.int64)),
+                    torch.from_numpy(np.ascontiguousarray(layout.values(), dtype=np.float32)),
+                    size=(layout.rows, layout.cols_total),
+                )
             if self.backend == "csr":
                 self.register_buffer("weight_csr", csr)
             else:
@@ -147,24 +155,13 @@ class _Compressed(nn.Module):
                 total += t.numel() * t.element_size()
         return total
 
-    @property
-    def code_bits(self) -> int | None:
-        """Width of a stored code (4 for packed nibbles), ``None`` without a codebook."""
-        return {"nibble": 4, "value": None}.get(
-            self.decoder, 8 if self.payload_itemsize == 1 else 16
-        )
-
-    @property
-    def payload_itemsize(self) -> int:
-        payload = self._buffers.get("payload")
-        return 4 if payload is None else payload.element_size()
-
     def extra_repr(self) -> str:
         density = self.nnz / max(self.out_features * self.in_features, 1)
-        if self.decoder == "value":
+        if self.code_bits is None:
             what = "float32 values"
         else:
-            what = f"{self.code_bits}-bit codes, {'per-row' if self.stride_lut else 'per-tensor'} codebook"
+            scope = "per-row" if self.stride_lut else "per-tensor"
+            what = f"{self.code_bits}-bit codes, {scope} codebook"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"backend={self.backend!r}, density={density:.3f}, {what}, "
@@ -188,86 +185,81 @@ class _Compressed(nn.Module):
                 f"{tuple(x.shape)}"
             )
 
-    def _bias_np(self) -> np.ndarray:
-        if self.bias is None:
-            return np.zeros(self.out_features, np.float32)
-        return self.bias.to(torch.float32).numpy()
-
+    # -- computing ----------------------------------------------------------------------
     def _parts(self) -> tuple:
-        lut = self.lut if self.lut.dtype == torch.float32 else self.lut.float()
-        payload = self.payload
-        if self.decoder == "value" and payload.dtype != torch.float32:
-            payload = payload.float()
-        return (
-            self.decoder,
-            self.rowptr.numpy(),
-            self.cols.numpy(),
-            payload.numpy(),
-            lut.numpy(),
-            self.stride_lut,
-        )
+        bufs = [self._buffers[k] for k in ("rowptr", "cols", "payload", "lut", "bias")]
+        key = tuple((t.data_ptr(), t.dtype) if t is not None else None for t in bufs)
+        if self._parts_key != key:
+            rowptr, cols, payload, lut, bias = bufs
+            if self.decoder == "value":
+                payload = payload.float()
+            bias = torch.zeros(self.out_features) if bias is None else bias.float()
+            kernel_parts = (
+                self.decoder,
+                rowptr.numpy(),
+                cols.numpy(),
+                payload.numpy(),
+                lut.float().numpy(),
+                self.stride_lut,
+            )
+            self._parts_cache, self._parts_key = (kernel_parts, bias.numpy()), key
+        return self._parts_cache
+
+    @torch.compiler.disable
+    def _kernel_product(self, x: Tensor, transposed: bool) -> Tensor:
+        # numba reads numpy views of the tensors: torch.compile must not trace this.
+        parts, bias = self._parts()
+        threads = torch.get_num_threads()
+        if transposed:  # x (K, M) -> (rows, M)
+            y = torch.empty(self.out_features, x.shape[1])
+            kernels.sparse_matmul(parts, x.numpy(), bias, y.numpy(), threads=threads)
+        else:  # x (M, K) -> (M, rows)
+            y = torch.empty(x.shape[0], self.out_features)
+            kernels.sparse_matmul(parts, x.numpy().T, bias, y.numpy().T, threads=threads)
+        return y
 
     def structure(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row pointers and columns of the kept entries (for NaN/Inf propagation)."""
+        """Row pointers and columns of the kept entries (``kernel`` and ``csr`` backends)."""
         if self.backend == "kernel":
             return self.rowptr.numpy(), self.cols.numpy()
-        w = self.weight_csr if self.backend == "csr" else None
-        return w.crow_indices().numpy(), w.col_indices().numpy()
+        return self.weight_csr.crow_indices().numpy(), self.weight_csr.col_indices().numpy()
 
     @torch.compiler.disable
-    def matmul_t(self, xt: Tensor) -> Tensor:
-        """``W @ xt + bias[:, None]`` for ``xt`` of shape ``(K, M)`` (float32)."""
-        m = xt.shape[1]
-        if self.backend == "csr":
-            y = torch.sparse.mm(self.weight_csr, xt)
-            if self.bias is not None:
-                y = y + self.bias[:, None]
-        else:
-            xt_np = xt.detach().contiguous().numpy()
-            y = torch.empty(self.out_features, m, dtype=torch.float32)
-            kernels.sparse_matmul(
-                self._parts(),
-                xt_np,
-                self._bias_np(),
-                y.numpy(),
-                x_transposed=True,
-                out_transposed=True,
-                threads=torch.get_num_threads(),
-            )
-        bad = ~torch.isfinite(xt)
-        if bool(bad.any()):
-            rowptr, cols = self.structure()
-            y_np = y.detach().numpy()
-            propagate_nonfinite(bad.t().numpy(), rowptr, cols, y_np.T)
+    def _propagate(self, x: Tensor, y: Tensor, transposed: bool) -> Tensor:
+        bad = ~torch.isfinite(x)
+        if not bool(bad.any()):
+            return y  # the sum overflowed, no input is infinite
+        y = y.clone()
+        rowptr, cols = self.structure()
+        bad_np, y_np = bad.numpy(), y.numpy()
+        if transposed:
+            bad_np, y_np = bad_np.T, y_np.T
+        propagate_nonfinite(bad_np, rowptr, cols, y_np)
         return y
 
-    @torch.compiler.disable
-    def matmul(self, x: Tensor) -> Tensor:
-        """``x @ Wᵀ + bias`` for ``x`` of shape ``(M, K)`` (float32, contiguous)."""
+    def matmul(self, x: Tensor, transposed: bool = False) -> Tensor:
+        """``x Wᵀ + b`` for float32 ``x`` ``(M, K)``; ``W x + b[:, None]`` for ``(K, M)``
+        when ``transposed`` (then the result is ``(rows, M)``)."""
         if self.backend == "dense":
+            if transposed:
+                return F.linear(x.t(), self.weight_dense, self.bias).t()
             return F.linear(x, self.weight_dense, self.bias)
         if self.backend == "csr":
-            y = torch.sparse.mm(self.weight_csr, x.t()).t()
+            y = torch.sparse.mm(self.weight_csr, x if transposed else x.t())
             if self.bias is not None:
-                y = y + self.bias
+                y = y + self.bias[:, None]
+            y = y if transposed else y.t()
         else:
-            y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-            kernels.sparse_matmul(
-                self._parts(),
-                x.detach().numpy(),
-                self._bias_np(),
-                y.numpy(),
-                threads=torch.get_num_threads(),
-            )
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            rowptr, cols = self.structure()
-            y = y.contiguous()
-            propagate_nonfinite(bad.numpy(), rowptr, cols, y.detach().numpy())
+            y = self._kernel_product(x, transposed)
+        # Dense multiplies pruned zeros by the input too (0 * inf = NaN): one sum tells
+        # whether any input is not finite, and only then are the rows found.
+        if not bool(torch.isfinite(x.sum())):
+            y = self._propagate(x, y, transposed)
         return y
 
 
-def _layout_of(module: nn.Module) -> Layout:
+def layout_of(module: nn.Module) -> Layout:
+    """The :class:`Layout` of ``module.weight``, read through :func:`weight_parts`."""
     parts = weight_parts(module, "weight")
     return build_layout(
         parts.out_features,
@@ -279,12 +271,13 @@ def _layout_of(module: nn.Module) -> Layout:
     )
 
 
-def _bias_of(module: nn.Module) -> Tensor | None:
+def bias_of(module: nn.Module) -> Tensor | None:
+    """``module.bias`` detached, or ``None``."""
     bias = getattr(module, "bias", None)
     return bias.detach() if isinstance(bias, Tensor) else None
 
 
-class CompressedLinear(_Compressed):
+class CompressedLinear(CompressedModule):
     r"""``y = x Wᵀ + b`` computed from a compressed weight, for inference.
 
     Build it with :meth:`from_linear` (from a pruned and/or shared ``nn.Linear``), with
@@ -317,7 +310,7 @@ class CompressedLinear(_Compressed):
         Raises:
             UnsupportedWeight: its weight carries a foreign parametrization.
         """
-        return cls(_layout_of(linear), _bias_of(linear), backend)
+        return cls(layout_of(linear), bias_of(linear), backend)
 
     @classmethod
     def from_parts(
@@ -360,161 +353,9 @@ class CompressedLinear(_Compressed):
         x2 = x.detach().reshape(-1, self.in_features).to(torch.float32).contiguous()
         if x2.shape[0] == 0:
             y = x2.new_zeros(0, self.out_features)
+            if self.bias is not None:
+                y = y + self.bias
         else:
             y = self.matmul(x2)
         y = y.reshape(*lead, self.out_features).to(x.dtype)
-        return _refuse_backward(x, y, self._what())
-
-
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
-
-
-def conv_settings(conv: nn.Module) -> dict[str, tuple[int, ...]]:
-    """The unfolding settings of an ``nn.Conv1d``/``nn.Conv2d`` the modules support.
-
-    Raises:
-        UnsupportedWeight: grouped convolutions, non-zero padding modes, string padding
-            other than ``"valid"``, or another kind of module.
-
-    Example:
-        >>> conv_settings(nn.Conv2d(1, 2, 3, padding=1))["padding"]
-        (1, 1)
-    """
-    if not isinstance(conv, (nn.Conv1d, nn.Conv2d)):
-        raise UnsupportedWeight(f"{type(conv).__name__} is no Conv1d/Conv2d")
-    if conv.groups != 1 or conv.padding_mode != "zeros":
-        raise UnsupportedWeight("grouped convolutions and padding modes other than zeros")
-    padding = conv.padding
-    if isinstance(padding, str):
-        if padding != "valid":
-            raise UnsupportedWeight(f"padding={padding!r}")
-        padding = (0,) * len(conv.kernel_size)
-    return {
-        "kernel_size": tuple(conv.kernel_size),
-        "stride": tuple(conv.stride),
-        "padding": tuple(padding),
-        "dilation": tuple(conv.dilation),
-    }
-
-
-class CompressedConv2d(_Compressed):
-    r"""A compressed ``nn.Conv2d`` (``groups=1``) computed by unfolding its input.
-
-    The weight ``(out, in, kh, kw)`` is held flattened to ``(out, in * kh * kw)``; each
-    sample's patches (``F.unfold``) are its batch, read in the layout the kernels want.
-
-    Args:
-        layout (Layout): the flattened weight.
-        bias (Tensor, optional): ``(out_channels,)``.
-        backend (str): ``"kernel"``, ``"csr"`` or ``"dense"``.
-        in_channels (int), kernel_size, stride, padding, dilation: as for ``nn.Conv2d``.
-
-    Example:
-        >>> from torchprune_share import level_prune
-        >>> conv = nn.Conv2d(3, 8, 3, padding=1)
-        >>> _ = level_prune(conv, amount=0.8)
-        >>> fast = CompressedConv2d.from_conv(conv)
-        >>> x = torch.randn(2, 3, 10, 10)
-        >>> bool((fast(x) - conv(x)).abs().max() < 1e-5)
-        True
-    """
-
-    spatial = 2
-
-    def __init__(
-        self,
-        layout: Layout,
-        bias: Tensor | None = None,
-        backend: str = "kernel",
-        *,
-        in_channels: int,
-        kernel_size: tuple[int, ...],
-        stride: tuple[int, ...] = (1, 1),
-        padding: tuple[int, ...] = (0, 0),
-        dilation: tuple[int, ...] = (1, 1),
-    ) -> None:
-        super().__init__(layout, bias, backend)
-        self.in_channels = int(in_channels)
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Module, backend: str = "kernel") -> CompressedConv2d:
-        """Build from a shared, pruned, torch-pruned or plain convolution of this kind."""
-        settings = conv_settings(conv)
-        if len(settings["kernel_size"]) != cls.spatial:
-            raise UnsupportedWeight(f"{cls.__name__} needs a {cls.spatial}-d convolution")
-        return cls(
-            _layout_of(conv), _bias_of(conv), backend, in_channels=conv.in_channels, **settings
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, " + super().extra_repr()
-        )
-
-    def _unfold_args(self) -> dict[str, tuple[int, int]]:
-        if self.spatial == 2:
-            keys = ("kernel_size", "dilation", "padding", "stride")
-            return {k: _pair(getattr(self, k)) for k in keys}
-        return {
-            "kernel_size": (1, self.kernel_size[0]),
-            "dilation": (1, self.dilation[0]),
-            "padding": (0, self.padding[0]),
-            "stride": (1, self.stride[0]),
-        }
-
-    def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor) and x.dim() not in (self.spatial + 1, self.spatial + 2):
-            raise ValueError(
-                f"{self._what()}: expected a {self.spatial + 2}-d (or unbatched "
-                f"{self.spatial + 1}-d) input, got shape {tuple(x.shape)}"
-            )
-        unbatched = isinstance(x, Tensor) and x.dim() == self.spatial + 1
-        xb = x.unsqueeze(0) if unbatched else x
-        self._check_input(xb, self.in_channels, "channels")
-        x32 = xb.detach().to(torch.float32)
-        if self.backend == "dense":
-            weight = self.weight_dense.view(self.out_features, self.in_channels, *self.kernel_size)
-            conv = F.conv2d if self.spatial == 2 else F.conv1d
-            y = conv(x32, weight, self.bias, self.stride, self.padding, self.dilation)
-        else:
-            y = self._unfolded(x32)
-        y = (y.squeeze(0) if unbatched else y).to(x.dtype)
-        return _refuse_backward(x, y, self._what())
-
-    def _unfolded(self, x32: Tensor) -> Tensor:
-        args = self._unfold_args()
-        x4 = x32 if self.spatial == 2 else x32.unsqueeze(2)
-        n, _, h, w = x4.shape
-        out_hw = [
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, d, p, s in zip(
-                (h, w), args["kernel_size"], args["dilation"], args["padding"], args["stride"]
-            )
-        ]
-        if n == 0 or out_hw[0] <= 0 or out_hw[1] <= 0:
-            y = x32.new_zeros(n, self.out_features, max(out_hw[0], 0), max(out_hw[1], 0))
-        else:
-            cols = F.unfold(x4, **args)
-            y = torch.stack([self.matmul_t(cols[i]) for i in range(n)])
-            y = y.view(n, self.out_features, *out_hw)
-        return y if self.spatial == 2 else y.squeeze(2)
-
-
-class CompressedConv1d(CompressedConv2d):
-    r"""A compressed ``nn.Conv1d`` (``groups=1``), unfolded as a ``1 x k`` 2-d convolution.
-
-    Example:
-        >>> from torchprune_share import register_weight_sharing
-        >>> conv = nn.Conv1d(4, 6, 5, stride=2)
-        >>> _ = register_weight_sharing(conv, bits=3)
-        >>> fast = CompressedConv1d.from_conv(conv)
-        >>> x = torch.randn(3, 4, 20)
-        >>> bool((fast(x) - conv(x)).abs().max() < 1e-5)
-        True
-    """
-
-    spatial = 1
+        return refuse_backward(x, y, self._what())
