@@ -206,17 +206,18 @@ class CompressedModule(nn.Module):
         return self._parts_cache
 
     @torch.compiler.disable
-    def _kernel_product(self, x: Tensor, transposed: bool) -> Tensor:
+    def _kernel_product(self, x: Tensor, transposed: bool) -> tuple[Tensor, bool]:
         # numba reads numpy views of the tensors: torch.compile must not trace this.
         parts, bias = self._parts()
         threads = torch.get_num_threads()
+        xn = x.numpy()
         if transposed:  # x (K, M) -> (rows, M)
             y = torch.empty(self.out_features, x.shape[1])
-            kernels.sparse_matmul(parts, x.numpy(), bias, y.numpy(), threads=threads)
+            kernels.sparse_matmul(parts, xn, bias, y.numpy(), threads=threads)
         else:  # x (M, K) -> (M, rows)
             y = torch.empty(x.shape[0], self.out_features)
-            kernels.sparse_matmul(parts, x.numpy().T, bias, y.numpy().T, threads=threads)
-        return y
+            kernels.sparse_matmul(parts, xn.T, bias, y.numpy().T, threads=threads)
+        return y, bool(np.isfinite(xn.sum()))
 
     def structure(self) -> tuple[np.ndarray, np.ndarray]:
         """Row pointers and columns of the kept entries (``kernel`` and ``csr`` backends)."""
@@ -249,13 +250,12 @@ class CompressedModule(nn.Module):
             if self.bias is not None:
                 y = y + self.bias[:, None]
             y = y if transposed else y.t()
+            finite = bool(torch.isfinite(x.sum()))
         else:
-            y = self._kernel_product(x, transposed)
+            y, finite = self._kernel_product(x, transposed)
         # Dense multiplies pruned zeros by the input too (0 * inf = NaN): one sum tells
         # whether any input is not finite, and only then are the rows found.
-        if not bool(torch.isfinite(x.sum())):
-            y = self._propagate(x, y, transposed)
-        return y
+        return y if finite else self._propagate(x, y, transposed)
 
 
 def layout_of(module: nn.Module) -> Layout:
@@ -349,13 +349,21 @@ class CompressedLinear(CompressedModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.in_features, "last")
-        lead = x.shape[:-1]
-        x2 = x.detach().reshape(-1, self.in_features).to(torch.float32).contiguous()
+        x2 = x.detach()
+        if x2.dim() != 2:
+            x2 = x2.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.to(torch.float32)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
         if x2.shape[0] == 0:
             y = x2.new_zeros(0, self.out_features)
             if self.bias is not None:
                 y = y + self.bias
         else:
             y = self.matmul(x2)
-        y = y.reshape(*lead, self.out_features).to(x.dtype)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        if x.dtype != torch.float32:
+            y = y.to(x.dtype)
         return refuse_backward(x, y, self._what())

@@ -97,7 +97,7 @@ def weight_parts(module: nn.Module, name: str = "weight") -> WeightParts:
     Example:
         >>> lin = nn.Linear(3, 2)
         >>> with torch.no_grad():
-        ...     lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+        ...     _ = lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
         >>> p = weight_parts(lin)
         >>> p.kind, p.positions.tolist(), p.values.tolist()
         ('dense', [0, 2, 5], [1.0, 2.0, 3.0])
