@@ -11,10 +11,12 @@ Part 2, end to end: LeNet-300-100 and LeNet-5 pruned and shared at the Deep Comp
 paper's densities and bits (as in ``benchmarks/deep_compression_mnist.py``), and
 AlexNet's fc6/fc7/fc8 (9216-4096-4096-1000) at 9 % / 9 % / 25 % and 5 bits: batch-1
 latency of the converted model vs the dense (baked) one, and the resident memory of each
-loaded in a fresh process (``VmRSS`` growth over the bare interpreter, and ``VmHWM``).
-The compressed model is loaded from its ``.tpsc`` file with
-``load_compressed(..., inference=True)`` when that exists, else loaded and converted
-with :func:`torchprune_share.to_inference`.
+loaded in a fresh process (``VmRSS`` growth over the interpreter with the kernels loaded, and ``VmHWM``).
+"ours" builds every layer with ``inference_module`` from its kept positions, codes and
+codebook on a meta-device skeleton (what ``load_compressed(..., inference=True)`` does,
+no dense weight anywhere); "load+convert" loads the ``.tpsc`` file with
+``load_compressed(..., inference=True)`` when that exists, else loads the parametrized
+model and calls :func:`torchprune_share.to_inference`.
 
     python benchmarks/inference.py            # full run, writes benchmarks/results/inference.*
     python benchmarks/inference.py --quick    # small sizes: a correctness run, no files
@@ -43,7 +45,13 @@ from torchprune_share import (
     register_weight_sharing,
     save_compressed,
 )
-from torchprune_share.inference import CompressedLinear, inference_summary, to_inference
+from torchprune_share.inference import (
+    CompressedLinear,
+    inference_module,
+    inference_summary,
+    to_inference,
+    weight_parts,
+)
 from torchprune_share.models import LeNet5, LeNet300100
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -212,13 +220,48 @@ def warm_kernels() -> None:
         vals(torch.randn(1, 8)), vals(torch.randn(3, 8)), vals.matmul(torch.randn(8, 3), True)
 
 
+def save_parts(fast: nn.Module, compressed: nn.Module, path: str) -> None:
+    """Write each converted layer's kept positions, codes, codebook, bias and backend."""
+    spec = {}
+    for row in inference_summary(fast).rows:
+        module = compressed.get_submodule(row.name)
+        p = weight_parts(module)
+        bias = module.bias.detach().clone() if module.bias is not None else None
+        spec[row.name] = {
+            "kept": p.positions,
+            "codes": p.codes,
+            "codebook": p.codebook,
+            "values": p.values,
+            "bias": bias,
+            "backend": row.backend,
+        }
+    torch.save(spec, path)
+
+
+def from_parts(name: str, path: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """The file route without a file reader: a meta-device skeleton whose layers are
+    built from their parts by ``inference_module``, so no dense weight ever exists."""
+    with torch.device("meta"):
+        model, shape = build(name)
+    for qname, p in torch.load(path, weights_only=False).items():
+        module = model.get_submodule(qname)
+        backend = p.pop("backend")
+        new = inference_module(module, **p, backend=backend, name=qname)
+        parent, _, child_name = qname.rpartition(".")
+        setattr(model.get_submodule(parent), child_name, new)
+    return model, shape
+
+
 def child(args: argparse.Namespace) -> None:
     """Print the resident memory of one model loaded in this fresh process (JSON)."""
     torch.set_num_threads(args.threads[0])
     start_rss, _ = rss_kib()
     warm_kernels()
     base_rss, _ = rss_kib()
-    model, shape = build(args.child_model)
+    if args.child_mode == "parts":
+        model, shape = from_parts(args.child_model, args.child_path)
+    else:
+        model, shape = build(args.child_model)
     if args.child_mode == "compressed":
         model = load_inference(model, args.child_path)
     model.eval()
@@ -255,6 +298,9 @@ def model_rows(args: argparse.Namespace) -> list[dict]:
                 t = time_models(x, dense_model, fast, args.rounds)
             mem_dense = measure_child(args, name, "dense", path)
             mem_ours = measure_child(args, name, "compressed", path)
+            parts_path = str(Path(tmp) / f"{name}.parts.pt")
+            save_parts(fast, model, parts_path)
+            mem_parts = measure_child(args, name, "parts", parts_path)
         row = {
             "model": name,
             "threads": args.threads[0],
@@ -263,10 +309,12 @@ def model_rows(args: argparse.Namespace) -> list[dict]:
             "ours_ms": 1e3 * t["ours"],
             "speedup": t["dense"] / t["ours"],
             "dense_rss_mib": mem_dense["rss_mib"],
-            "ours_rss_mib": mem_ours["rss_mib"],
+            "ours_rss_mib": mem_parts["rss_mib"],
+            "ours_hwm_mib": mem_parts["hwm_mib"],
+            "load_convert_rss_mib": mem_ours["rss_mib"],
+            "load_convert_hwm_mib": mem_ours["hwm_mib"],
             "dense_hwm_mib": mem_dense["hwm_mib"],
             "kernel_runtime_mib": mem_ours["runtime_mib"],
-            "ours_hwm_mib": mem_ours["hwm_mib"],
             "rel_err": err,
             "backends": [r.backend for r in inference_summary(fast).rows],
         }
@@ -279,7 +327,9 @@ def model_rows(args: argparse.Namespace) -> list[dict]:
 
 MODEL_HEAD = (
     "| model | dense ms | ours ms | speedup | dense RSS MiB | ours RSS MiB | dense/ours RSS "
-    "| peak dense / ours MiB | backends |\n" + "|---" * 9 + "|"
+    "| load+convert RSS MiB | peak dense / ours / load+convert MiB | backends |\n"
+    + "|---" * 10
+    + "|"
 )
 
 
@@ -288,7 +338,8 @@ def model_line(r: dict) -> str:
     return (
         f"| {r['model']} | {r['dense_ms']:.3f} | {r['ours_ms']:.3f} | {r['speedup']:.2f} "
         f"| {r['dense_rss_mib']:.1f} | {r['ours_rss_mib']:.1f} | {ratio:.1f} "
-        f"| {r['dense_hwm_mib']:.0f} / {r['ours_hwm_mib']:.0f} | {'/'.join(r['backends'])} |"
+        f"| {r['load_convert_rss_mib']:.1f} | {r['dense_hwm_mib']:.0f} / {r['ours_hwm_mib']:.0f}"
+        f" / {r['load_convert_hwm_mib']:.0f} | {'/'.join(r['backends'])} |"
     )
 
 

@@ -22,6 +22,7 @@ from torchprune_share.inference import (
     CompressedConv2d,
     CompressedLinear,
     build_layout,
+    inference_module,
     inference_summary,
     to_inference,
     weight_parts,
@@ -272,6 +273,25 @@ def test_from_parts_builds_the_same_module_as_conversion():
         CompressedLinear.from_parts(4, 10, parts.positions, values=parts.values, bias=torch.ones(3))
 
 
+def test_inference_module_builds_convolutions_from_parts():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    level_prune(conv, amount=0.6)
+    register_weight_sharing(conv, bits=3, granularity="per_channel")
+    converted = CompressedConv2d.from_conv(conv)
+    p = weight_parts(conv)
+    fresh = nn.Conv2d(3, 4, 3, padding=1)  # its own weight and bias are never read
+    built = inference_module(fresh, p.positions, p.codes, p.codebook, bias=conv.bias, name="c")
+    x = torch.randn(2, 3, 6, 6)
+    assert type(built) is CompressedConv2d and torch.equal(built(x), converted(x))
+    auto = inference_module(fresh, p.positions, p.codes, p.codebook, backend="auto", repeats=1)
+    assert (
+        auto.backend in BACKENDS
+        and rel_err(auto(x), converted(x) - conv.bias[:, None, None]) < 1e-5
+    )
+    with pytest.raises(TypeError, match=r"nn\.Linear, nn\.Conv1d or nn\.Conv2d"):
+        inference_module(nn.ReLU(), p.positions, values=np.ones(p.positions.size))
+
+
 # -- convolutions -------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_convolutions_match_dense(backend):
@@ -315,6 +335,9 @@ def test_to_inference_converts_compressed_layers_only(caplog):
     assert set(summary.rows[0].seconds) == {"dense", "csr", "kernel"}
     assert all(len(t) == 2 and min(t) > 0 for t in summary.rows[0].seconds.values())
     assert f"backend={summary.rows[0].backend!r}" in repr(net[0]) and "0" in str(summary)
+    assert summary.nbytes <= summary.dense_bytes == 4 * (64 * 64 + 64 + 64 * 32 + 32)
+    with pytest.raises(ValueError, match=r"CompressedLinear '2': expected input with 64"):
+        net[2](torch.randn(1, 63))
 
     plain = nn.Sequential(nn.Linear(4, 4))
     with caplog.at_level(logging.INFO, logger="torchprune_share.inference.convert"):

@@ -8,7 +8,13 @@ or dense, whichever was fastest for the layer when it was converted).
 """
 
 from .conv import CompressedConv1d, CompressedConv2d
-from .convert import InferenceSummary, LayerChoice, inference_summary, to_inference
+from .convert import (
+    InferenceSummary,
+    LayerChoice,
+    inference_module,
+    inference_summary,
+    to_inference,
+)
 from .kernels import AVAILABLE as KERNELS_AVAILABLE
 from .layout import Layout, build_layout
 from .modules import CompressedLinear, CompressedModule
@@ -26,6 +32,7 @@ __all__ = [
     "UnsupportedWeight",
     "WeightParts",
     "build_layout",
+    "inference_module",
     "inference_summary",
     "to_inference",
     "weight_parts",

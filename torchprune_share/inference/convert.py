@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
@@ -22,11 +23,17 @@ from tqdm import tqdm
 
 from ..parametrizations import get_reparametrization
 from .conv import CompressedConv1d, CompressedConv2d, conv_settings
-from .layout import Layout
-from .modules import BACKENDS, CompressedLinear, CompressedModule, layout_of
+from .layout import Layout, build_layout
+from .modules import BACKENDS, CompressedLinear, CompressedModule, bias_of, layout_of
 from .source import UnsupportedWeight
 
-__all__ = ["InferenceSummary", "LayerChoice", "inference_summary", "to_inference"]
+__all__ = [
+    "InferenceSummary",
+    "LayerChoice",
+    "inference_module",
+    "inference_summary",
+    "to_inference",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +85,22 @@ class InferenceSummary:
         >>> _ = level_prune(net[0], amount=0.9)
         >>> net = to_inference(net, backend="kernel", progress=False)
         >>> s = inference_summary(net)
-        >>> s.rows[0].backend, s.rows[0].shape
-        ('kernel', (16, 32))
+        >>> s.rows[0].backend, s.rows[0].shape, s.dense_bytes
+        ('kernel', (16, 32), 2112)
     """
 
     def __init__(self, rows: Sequence[LayerChoice]) -> None:
         self.rows = list(rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the converted layers together."""
+        return sum(r.nbytes for r in self.rows)
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes the same layers hold as dense ``float32`` weights and biases."""
+        return sum(r.dense_bytes for r in self.rows)
 
     def __str__(self) -> str:
         head = ["layer", "shape", "density", "codes", "backend"]
@@ -149,9 +166,7 @@ def _is_compressed(module: nn.Module) -> bool:
     )
 
 
-def _build(module: nn.Module, layout: Layout, backend: str) -> nn.Module:
-    bias = getattr(module, "bias", None)
-    bias = bias.detach() if isinstance(bias, Tensor) else None
+def _build(module: nn.Module, layout: Layout, bias: Tensor | None, backend: str) -> nn.Module:
     if isinstance(module, nn.Linear):
         return CompressedLinear(layout, bias, backend)
     cls = CompressedConv2d if isinstance(module, nn.Conv2d) else CompressedConv1d
@@ -192,24 +207,100 @@ def _choose(candidates: dict[str, nn.Module], xs: list[Tensor], repeats: int):
     return best, seconds
 
 
-def _convert_one(
-    qname: str, module: nn.Module, backend: str, shape, batch_sizes, repeats: int, gen
+def _dispatch(
+    qname: str,
+    module: nn.Module,
+    layout: Layout,
+    bias,
+    backend: str,
+    shape,
+    batch_sizes,
+    repeats,
+    gen,
 ) -> nn.Module:
-    layout = layout_of(module)
     if backend != "auto":
-        new = _build(module, layout, backend)
+        new = _build(module, layout, bias, backend)
+        new.layer_name = qname
         new.dispatch = _record(qname, new, new.backend)
         return new
-    candidates = {b: _build(module, layout, b) for b in BACKENDS}
+    candidates = {b: _build(module, layout, bias, b) for b in BACKENDS}
     if candidates["kernel"].backend != "kernel":  # numba missing: it is a CSR copy
         del candidates["kernel"]
     xs = _inputs(module, shape, batch_sizes, gen)
     best, seconds = _choose(candidates, xs, repeats)
     new = candidates[best]
+    new.layer_name = qname
     new.dispatch = _record(qname, new, best)
     new.dispatch.seconds = seconds
     new.dispatch.batch_sizes = tuple(batch_sizes) if isinstance(module, nn.Linear) else (1,)
     return new
+
+
+def inference_module(
+    module: nn.Module,
+    kept: np.ndarray | Tensor,
+    codes: np.ndarray | None = None,
+    codebook: Tensor | None = None,
+    values: np.ndarray | Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    backend: str = "kernel",
+    name: str = "",
+    input_shape: tuple[int, ...] | None = None,
+    batch_sizes: Sequence[int] = (1, 8, 64),
+    repeats: int = 5,
+    seed: int = 0,
+) -> nn.Module:
+    r"""Build the inference module for ``module`` from a weight's parts, without its weight.
+
+    The file route: ``module`` (an ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` of the
+    freshly built architecture) only gives its shape and settings; the weight comes from
+    ``kept`` / ``codes`` / ``codebook`` or ``values`` (see
+    :func:`~torchprune_share.inference.layout.build_layout`; a convolution's weight is
+    flattened to ``(out_channels, in_channels * prod(kernel_size))``). With
+    ``backend="auto"`` the three backends are built and timed as in :func:`to_inference`,
+    which holds the dense weight for the moment of the timing; any other backend never
+    builds a dense weight unless it is ``"dense"``.
+
+    Args:
+        module (nn.Module): the layer whose shape and settings to take.
+        kept, codes, codebook, values: the weight's parts.
+        bias (Tensor, optional): the bias.
+        backend (str): ``"kernel"`` (default), ``"csr"``, ``"dense"`` or ``"auto"``.
+        name (str): the layer's qualified name, for messages and the summary.
+        input_shape (tuple, optional): a convolution's input ``(C, H, W)`` for the timing.
+        batch_sizes, repeats, seed: the timing, as for :func:`to_inference`.
+
+    Returns:
+        A :class:`CompressedLinear`, :class:`CompressedConv1d` or :class:`CompressedConv2d`.
+
+    Example:
+        >>> conv = nn.Conv2d(1, 2, 2)
+        >>> m = inference_module(conv, np.array([0, 7]), values=np.array([1.0, -1.0]))
+        >>> m(torch.ones(1, 1, 2, 2)).flatten().tolist()
+        [1.0, -1.0]
+    """
+    if backend not in CHOICES:
+        raise ValueError(f"backend must be one of {CHOICES}, got {backend!r}")
+    if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        raise TypeError(
+            f"module must be an nn.Linear, nn.Conv1d or nn.Conv2d, got {type(module).__name__}"
+        )
+    if not isinstance(module, nn.Linear):
+        conv_settings(module)
+    weight_shape = module.weight.shape
+    rows, cols = int(weight_shape[0]), int(np.prod(weight_shape[1:]))
+    layout = build_layout(rows, cols, kept, codes, codebook, values)
+    gen = torch.Generator().manual_seed(seed)
+    sizes = tuple(batch_sizes)
+    return _dispatch(name, module, layout, bias, backend, input_shape, sizes, repeats, gen)
+
+
+def _convert_one(
+    qname: str, module: nn.Module, backend: str, shape, batch_sizes, repeats: int, gen
+) -> nn.Module:
+    layout, bias = layout_of(module), bias_of(module)
+    return _dispatch(qname, module, layout, bias, backend, shape, batch_sizes, repeats, gen)
 
 
 def _input_shapes(model: nn.Module, example_inputs, targets) -> dict[str, tuple[int, ...]]:
