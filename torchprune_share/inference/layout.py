@@ -27,6 +27,7 @@ from torch import Tensor
 __all__ = ["Layout", "build_layout", "pack_nibbles", "unpack_nibbles"]
 
 MAX_UINT16_COLS = 2**16
+CHUNK = 1 << 20
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
@@ -192,13 +193,14 @@ def build_layout(
     rows, ncols = int(out_features), int(in_features)
     pos = _positions(kept, rows, ncols)
     nnz = pos.size
-    counts = np.bincount(pos // ncols, minlength=rows)
-    rowptr = np.zeros(rows + 1, np.int64)
-    np.cumsum(counts, out=rowptr[1:])
+    # Row boundaries by binary search and columns chunk by chunk: no int64 temporary of
+    # nnz entries beyond the positions themselves (the file route builds from those).
+    rowptr = np.searchsorted(pos, np.arange(rows + 1, dtype=np.int64) * ncols)
     if nnz < 2**31:
         rowptr = rowptr.astype(np.int32)
-    col_dtype = np.uint16 if ncols <= MAX_UINT16_COLS else np.int32
-    cols = (pos % ncols).astype(col_dtype)
+    cols = np.empty(nnz, np.uint16 if ncols <= MAX_UINT16_COLS else np.int32)
+    for start in range(0, nnz, CHUNK):
+        cols[start : start + CHUNK] = pos[start : start + CHUNK] % ncols
     if (codes is None) == (values is None):
         raise ValueError("pass either codes with a codebook, or values (exactly one of them)")
     if values is not None:
