@@ -8,12 +8,21 @@ from . import bits_analysis, sensitivity
 from .analysis import BitLevels, LevelKind, PruningMethodLevels, ScanResult, SparsityLevels, scan
 from .bits_analysis import perform_bits_analysis
 from .checkpoint import CheckpointError, bake, compressed_tensors, load_state_dict
+from .config import SharingConfig
 from .fileformat import (
     CompressedFileError,
     CompressionReport,
     compression_report,
     load_compressed,
     save_compressed,
+)
+from .inference import (
+    CompressedConv1d,
+    CompressedConv2d,
+    CompressedLinear,
+    InferenceSummary,
+    inference_summary,
+    to_inference,
 )
 from .kmeans import kmeans1d
 from .parametrizations import PruningMask, WeightSharing
@@ -28,18 +37,23 @@ from .pruning import (
 from .schedules import AGPSchedule, ConstantSchedule, SparsitySchedule
 from .sensitivity import perform_sensitivity_analysis
 from .sharing import recluster, register_weight_sharing
+from .state import TensorState
 from .summary import CompressionSummary, compression_summary
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AGPSchedule",
     "BitLevels",
     "CheckpointError",
+    "CompressedConv1d",
+    "CompressedConv2d",
     "CompressedFileError",
+    "CompressedLinear",
     "CompressionReport",
     "CompressionSummary",
     "ConstantSchedule",
+    "InferenceSummary",
     "LevelKind",
     "LevelPruner",
     "LevelPruningMethod",
@@ -47,9 +61,11 @@ __all__ = [
     "PruningMethodLevels",
     "Quantizer",
     "ScanResult",
+    "SharingConfig",
     "SigmaThresholdPruningMethod",
     "SparsityLevels",
     "SparsitySchedule",
+    "TensorState",
     "WeightSharing",
     "bake",
     "bits_analysis",
@@ -57,6 +73,7 @@ __all__ = [
     "compression_report",
     "compression_summary",
     "global_level_prune",
+    "inference_summary",
     "kmeans1d",
     "level_prune",
     "load_compressed",
@@ -71,4 +88,5 @@ __all__ = [
     "scan",
     "sensitivity",
     "sigma_prune",
+    "to_inference",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,7 +27,7 @@ from ..checkpoint import bake as bake_model
 from ..names import reparam_base, split
 from ..state import PLAIN, TensorState
 from .reader import Record, parse, read_source
-from .spec import PRUNED, RAW, CompressedFileError
+from .spec import PRUNED, RAW, SHARED, CompressedFileError
 
 __all__ = ["load_compressed"]
 
@@ -109,8 +110,77 @@ def _state_dict(records: list[Record]) -> dict[str, Any]:
     return state
 
 
+def _inference_parts(rec: Record) -> dict[str, Any]:
+    """A weight record as :func:`~torchprune_share.inference.inference_module` takes it."""
+    kept = np.arange(rec.numel) if rec.positions is None else rec.positions
+    if rec.kind == PRUNED:
+        return {"kept": kept, "values": rec.values}
+    k = rec.num_centroids
+    cfg = rec.config
+    if cfg.granularity == "per_tensor":
+        return {"kept": kept, "codes": rec.codes, "codebook": rec.codebook.reshape(k)}
+    axis = cfg.channel_dim(len(rec.shape))
+    table = rec.codebook.reshape(rec.rows, k).to(torch.float32)
+    if axis == 0:
+        return {"kept": kept, "codes": rec.codes, "codebook": table}
+    # Codebooks along another axis: each kept entry's value, looked up once here.
+    channel = torch.from_numpy(np.unravel_index(kept, rec.shape)[axis].astype(np.int64))
+    codes = torch.from_numpy(rec.codes.astype(np.int64))
+    return {"kept": kept, "values": table[channel, codes]}
+
+
+def _inference_modules(
+    model: nn.Module, records: list[Record], backend: str
+) -> dict[str, nn.Module]:
+    """``{module name: inference module}`` for every compressed Linear/Conv weight record."""
+    from ..inference import inference_module
+
+    raw = {r.name: r for r in records if r.kind == RAW}
+    out = {}
+    for rec in records:
+        prefix, name = split(rec.name)
+        if rec.kind not in (PRUNED, SHARED) or name != "weight":
+            continue
+        module = model.get_submodule(prefix) if prefix else model
+        convertible = isinstance(module, nn.Linear) or (
+            isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1
+        )
+        # A compressed bias (rare) keeps the layer on the parametrized route.
+        has_bias = isinstance(getattr(module, "bias", None), Tensor)
+        if not convertible or not prefix or (has_bias and f"{prefix}.bias" not in raw):
+            continue
+        bias = raw.get(f"{prefix}.bias")
+        out[prefix] = inference_module(
+            module,
+            **_inference_parts(rec),
+            bias=None if bias is None else bias.values.reshape(bias.shape),
+            backend=backend,
+            name=prefix,
+        )
+    return out
+
+
+def _load_for_inference(model: nn.Module, records: list[Record], backend: str) -> None:
+    """Swap in inference modules built from the records, then load everything else."""
+    modules = _inference_modules(model, records, backend)  # may fail: model untouched
+    done = {f"{p}.{n}" for p in modules for n in ("weight", "bias")}
+    rest = [r for r in records if r.name not in done]
+    for prefix, module in modules.items():
+        parent, child = split(prefix)
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+    state = _state_dict(rest)
+    for prefix, module in modules.items():
+        state.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+    load_state_dict(model, state)
+
+
 def load_compressed(
-    model: nn.Module, path: str | Path | BinaryIO | bytes, *, bake: bool = False
+    model: nn.Module,
+    path: str | Path | BinaryIO | bytes,
+    *,
+    bake: bool = False,
+    inference: bool = False,
+    backend: str = "kernel",
 ) -> nn.Module:
     r"""Load a compressed file into a freshly built model of the same architecture.
 
@@ -127,6 +197,15 @@ def load_compressed(
         path (str, Path, binary file or bytes): the file, or its contents.
         bake (bool): give plain ``nn.Parameter`` weights of the same values instead of
             reparametrizations. Default: False.
+        inference (bool): build inference modules
+            (:class:`~torchprune_share.inference.CompressedLinear`, ``...Conv1d/2d``)
+            straight from the file's positions, codes and codebooks for every pruned or
+            shared ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` weight, never materialising
+            a dense weight; the model is then for inference only (as after
+            :func:`~torchprune_share.to_inference`). Default: False.
+        backend (str): the inference modules' backend: ``"kernel"`` (default, the
+            compressed kernels), ``"csr"``, ``"dense"`` or ``"auto"`` (timed per layer,
+            which holds each dense weight for the moment of the timing).
 
     Returns:
         ``model``.
@@ -149,13 +228,20 @@ def load_compressed(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(bake, bool):
         raise TypeError(f"bake must be a bool, got {type(bake).__name__}")
+    if not isinstance(inference, bool):
+        raise TypeError(f"inference must be a bool, got {type(inference).__name__}")
+    if bake and inference:
+        raise ValueError("bake=True and inference=True exclude each other: choose one")
     expected = _Expected.of(model)
     records, _ = parse(read_source(path), expected.problem)
     missing = sorted(expected.required - {r.name for r in records})
     if missing:
         raise CompressedFileError(f"the file lacks tensors the model has: {missing}")
     try:
-        load_state_dict(model, _state_dict(records))
+        if inference:
+            _load_for_inference(model, records, backend)
+        else:
+            load_state_dict(model, _state_dict(records))
     except CheckpointError as err:
         raise CompressedFileError(str(err)) from err
     if bake:
