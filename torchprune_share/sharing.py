@@ -267,6 +267,13 @@ def _share(
 def check_importance(importance: object, value: torch.Tensor) -> torch.Tensor:
     """``importance`` as the weights of a weighted k-means of ``value``, after checking it.
 
+    Args:
+        importance (object): the per-entry weights given by the caller.
+        value (Tensor): the tensor to cluster.
+
+    Returns:
+        ``importance`` detached, on ``value``'s device.
+
     Raises:
         TypeError: ``importance`` is not a floating-point tensor.
         ValueError: wrong shape, negative, NaN/Inf, or all zero.

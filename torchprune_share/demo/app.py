@@ -46,7 +46,13 @@ from ..atomic import atomic_write_text
 from ..training import evaluate
 from .data import BatchLoader, Splits, load_digits, load_mnist, make_loaders
 from .models import build_model
-from .stages import prune_agp, save_and_reload, share_and_finetune, train_dense
+from .stages import (
+    measure_inference,
+    prune_agp,
+    save_and_reload,
+    share_and_finetune,
+    train_dense,
+)
 
 __all__ = ["SCAN_BITS", "SCAN_SPARSITIES", "DemoConfig", "run_demo"]
 
@@ -211,6 +217,14 @@ def _write_file(run: _Run) -> tuple[int, bool, CompressionReport]:
     return size, identical, report
 
 
+def _inference_line(r: dict[str, float]) -> str:
+    return (
+        f"inference from the file, batch 1: dense {r['dense_us']:.0f} us, compressed "
+        f"{r['compressed_us']:.0f} us; layer weights held: dense {r['dense_bytes']:.0f} B, "
+        f"compressed {r['compressed_bytes']:.0f} B"
+    )
+
+
 def _table(run: _Run, result: dict[str, Any], report: CompressionReport) -> str:
     """The text the command line prints at the end of a run."""
     acc, size, dense = run.accuracy, result["file_bytes"], result["torch_save_dense_bytes"]
@@ -224,6 +238,7 @@ def _table(run: _Run, result: dict[str, Any], report: CompressionReport) -> str:
         f"{acc['reloaded']:.2f}% (outputs identical: {result['reloaded_outputs_identical']})",
         f"file {size} B vs torch.save of the dense fp32 state_dict {dense} B: "
         f"{dense / size:.1f}x smaller",
+        _inference_line(result["inference"]),
         f"outputs in {run.out}/ ({result['total_seconds']} s)",
     ]
     return "\n".join(lines)
@@ -286,6 +301,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         )
     with run.lap("file"):
         size, identical, report = _write_file(run)
+    with run.lap("inference"):
+        inference = measure_inference(
+            run.out / "model.tpsc",
+            lambda: build_model(config.model, run.splits.image_size),
+            next(iter(run.test_loader))[0],
+        )
     result: dict[str, Any] = {
         "config": asdict(config),
         "sparsities": sparsities,
@@ -296,6 +317,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "ratio_vs_torch_save": dense_torch_save / size,
         "ratio_vs_fp32_weights": report.totals()["dense"] / size,
         "reloaded_outputs_identical": identical,
+        "inference": inference,
         "report": report.rows,
         "seconds": run.seconds,
         "total_seconds": round(time.perf_counter() - start, 1),

@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import AGPSchedule, LevelPruner, Quantizer, load_compressed, save_compressed
+from .. import (
+    AGPSchedule,
+    LevelPruner,
+    Quantizer,
+    inference_summary,
+    load_compressed,
+    save_compressed,
+)
 from ..training import evaluate, train
 
 __all__ = ["prune_agp", "save_and_reload", "share_and_finetune", "train_dense"]
@@ -242,3 +251,54 @@ def save_and_reload(
     with torch.no_grad():
         identical = all(torch.equal(model(x), fresh(x)) for x, _ in test_loader)
     return size, acc, identical
+
+
+def measure_inference(
+    path: str | Path, build: Callable[[], nn.Module], sample: torch.Tensor, repeats: int = 200
+) -> dict[str, float]:
+    """Batch-1 latency and weight bytes of the file loaded dense vs for compressed inference.
+
+    The compressed model comes from ``load_compressed(..., inference=True,
+    backend="auto")``: each layer runs dense, torch CSR or the compressed kernel, whichever
+    was fastest for it here, so no layer is slower than dense. Calls alternate between
+    the two models so that both see the same machine load; the medians are reported.
+
+    Args:
+        path (str or Path): a ``.tpsc`` file.
+        build (callable): returns a freshly built model of the same architecture.
+        sample (Tensor): inputs; the first one is used.
+        repeats (int): timed calls per model. Default: 200.
+
+    Returns:
+        ``{"dense_us", "compressed_us", "dense_bytes", "compressed_bytes"}``: median
+        latency in microseconds and the bytes the converted layers' weights take.
+
+    Example:
+        >>> from torchprune_share import level_prune, save_compressed
+        >>> from torchprune_share.demo.models import LeNet300100
+        >>> model = LeNet300100(8)
+        >>> _ = level_prune(model.fc1, "weight", 0.9)
+        >>> _ = save_compressed(model, "m.tpsc")
+        >>> r = measure_inference("m.tpsc", lambda: LeNet300100(8), torch.randn(1, 1, 8, 8), 5)
+        >>> r["compressed_bytes"] <= r["dense_bytes"] + 1024
+        True
+    """
+    dense = load_compressed(build(), path, bake=True).eval()
+    fast = load_compressed(build(), path, inference=True, backend="auto").eval()
+    x = sample[:1]
+    times: dict[str, list[float]] = {"dense": [], "compressed": []}
+    with torch.inference_mode():
+        for m in (dense, fast):
+            m(x)  # the first call compiles the kernels
+        for _ in range(repeats):
+            for label, m in (("dense", dense), ("compressed", fast)):
+                t = time.perf_counter()
+                m(x)
+                times[label].append(time.perf_counter() - t)
+    summary = inference_summary(fast)
+    return {
+        "dense_us": 1e6 * statistics.median(times["dense"]),
+        "compressed_us": 1e6 * statistics.median(times["compressed"]),
+        "dense_bytes": float(summary.dense_bytes),
+        "compressed_bytes": float(summary.nbytes),
+    }

@@ -207,6 +207,12 @@ def _choose(candidates: dict[str, nn.Module], xs: list[Tensor], repeats: int):
     return best, seconds
 
 
+# Below this many weights a call of any backend costs about its Python overhead (~20 us;
+# benchmarks/inference.py found dense fastest for every LeNet layer), so such layers take
+# the dense backend without being timed, which also spares compiling the kernels.
+SMALL_LAYER = 1 << 16
+
+
 def _dispatch(
     qname: str,
     module: nn.Module,
@@ -218,6 +224,8 @@ def _dispatch(
     repeats,
     gen,
 ) -> nn.Module:
+    if backend == "auto" and layout.rows * layout.cols_total < SMALL_LAYER:
+        backend = "dense"
     if backend != "auto":
         new = _build(module, layout, bias, backend)
         new.layer_name = qname
