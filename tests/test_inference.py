@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
@@ -314,7 +315,9 @@ def test_convolutions_match_dense(backend):
 
 
 # -- to_inference -----------------------------------------------------------------------------
-def test_to_inference_converts_compressed_layers_only(caplog):
+def test_to_inference_converts_compressed_layers_only(caplog, monkeypatch):
+    # Time even these small layers (below SMALL_LAYER they take dense untimed).
+    monkeypatch.setattr("torchprune_share.inference.convert.SMALL_LAYER", 0)
     net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.Linear(32, 8))
     level_prune(net[0], amount=0.9)
     register_weight_sharing(net[0], bits=4)
@@ -415,3 +418,17 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
         report=False,
     )
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_small_layers_take_dense_untimed_and_cost_what_nn_linear_costs():
+    from torchprune_share.inference.convert import SMALL_LAYER
+
+    lin = nn.Linear(64, 32)
+    level_prune(lin, "weight", amount=0.5)
+    assert 64 * 32 < SMALL_LAYER
+    net = to_inference(nn.Sequential(lin))
+    row = inference_summary(net).rows[0]
+    assert row.backend == "dense" and not row.seconds
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x), F.linear(x, net[0].weight_dense, net[0].bias))
