@@ -30,7 +30,14 @@ from torch.nn.utils import parametrize
 
 from .codebook import SPREAD as SPREAD  # re-exported: 0.1.0 callers and tests
 from .codebook import CodebookGather, cluster, index_dtype, max_code
-from .compat import is_torch_default_deepcopy, is_tracing, slot_names, tensor_version
+from .compat import (
+    attach_parametrizations,
+    inject_parametrized_class,
+    is_torch_default_deepcopy,
+    is_tracing,
+    slot_names,
+    tensor_version,
+)
 from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
 from .config import SharingConfig
 
@@ -40,7 +47,9 @@ __all__ = [
     "cluster",
     "get_reparametrization",
     "index_dtype",
+    "rebuild_parametrized",
     "register",
+    "register_tied",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +77,8 @@ class PruningMask(nn.Module):
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
+        # (module, name) of every owner of a tied tensor (see register_tied); [] if untied.
+        self.tied: list[tuple[nn.Module, str]] = []
 
     def forward(self, x: Tensor) -> Tensor:
         # where(), not x * mask: pruned entries are +0.0 whatever the sign of the stored
@@ -187,6 +198,7 @@ class WeightSharing(nn.Module):
         self.num_centroids = int(codebook.shape[-1]) if codebook is not None else 0
         self.cache_index = cache_index
         self._pending_codebook = codebook
+        self.tied: list[tuple[nn.Module, str]] = []  # see register_tied
         self._cache: Tensor | None = None
         self._cache_key: tuple | None = None
 
@@ -509,10 +521,109 @@ def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool =
     parametrize.register_parametrization(module, name, reparam, unsafe=unsafe)
     if isinstance(reparam, WeightSharing):
         module.parametrizations[name].register_load_state_dict_pre_hook(check_sharing_entries)
+    own_class_hooks(module)
+
+
+def own_class_hooks(module: nn.Module) -> None:
+    """Give the parametrized class of ``module`` this package's deepcopy and pickling.
+
+    Args:
+        module (nn.Module): a module parametrized by ``torch.nn.utils.parametrize``.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> register(lin, "weight", PruningMask(torch.ones(2, 2, dtype=torch.bool)))
+        >>> type(lin).__reduce_ex__ is reduce_parametrized
+        True
+    """
     cls = type(module)
     # Only replace torch's default (injected when the module's own class has none).
     if is_torch_default_deepcopy(cls):
         cls.__deepcopy__ = _deepcopy_with_own_class
+    cls.__reduce_ex__ = reduce_parametrized
+
+
+def register_tied(
+    owners: list[tuple[nn.Module, str]], reparam: nn.Module, *, unsafe: bool = False
+) -> None:
+    """:func:`register` on every owner of one tied tensor, all sharing one parametrization.
+
+    The first owner gets ``reparam`` registered; every other one gets the very same
+    ``ParametrizationList`` (same ``original``, same ``reparam``), so each owner computes
+    the same tensor, an optimizer updates it once, and anything appended to the chain
+    applies to all. ``reparam.tied`` records the owners (bake removes them all).
+
+    Args:
+        owners (list of (module, name)): every holder of the tensor's Parameter, first the
+            one the caller named; all plain.
+        reparam (nn.Module): a :class:`PruningMask` or :class:`WeightSharing`.
+        unsafe (bool): as in :func:`register`.
+
+    Example:
+        >>> emb, head = nn.Embedding(4, 2), nn.Linear(2, 4, bias=False)
+        >>> head.weight = emb.weight
+        >>> register_tied([(emb, "weight"), (head, "weight")],
+        ...               PruningMask(torch.ones(4, 2, dtype=torch.bool)))
+        >>> head.parametrizations.weight is emb.parametrizations.weight
+        True
+    """
+    (module, name), rest = owners[0], owners[1:]
+    register(module, name, reparam, unsafe=unsafe)
+    chain = module.parametrizations[name]
+    for other, other_name in rest:
+        attach_parametrizations(other, other_name, chain)
+        own_class_hooks(other)
+    reparam.tied = list(owners) if rest else []
+
+
+def reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
+    """``__reduce_ex__`` of a parametrized module: pickle and ``torch.save(model)`` work.
+
+    torch's parametrized classes are created at run time (not importable) and refuse
+    ``__getstate__``; this pickles the module's plain state (its ``parametrizations``
+    included) with the class it had before, and :func:`rebuild_parametrized` re-creates
+    the parametrized class on load. Tied owners and shared Parameters stay shared (pickle
+    memoizes them), and ``torch.save`` stores each storage once.
+
+    Args:
+        self (nn.Module): the parametrized module.
+        protocol (int): the pickle protocol (unused; the state is protocol-independent).
+
+    Returns:
+        ``(rebuild_parametrized, (base class, parametrized names), state)``.
+
+    Example:
+        >>> import pickle
+        >>> lin = nn.Linear(2, 2)
+        >>> register(lin, "weight", PruningMask(torch.tensor([[True, False], [True, True]])))
+        >>> copy_ = pickle.loads(pickle.dumps(lin))
+        >>> type(copy_).__name__, torch.equal(copy_.weight, lin.weight)
+        ('ParametrizedLinear', True)
+    """
+    base = parametrize.type_before_parametrizations(self)
+    state = base.__getstate__(self)
+    names = list(self.parametrizations) if parametrize.is_parametrized(self) else []
+    return rebuild_parametrized, (base, names), state
+
+
+def rebuild_parametrized(base: type, names: list[str]) -> nn.Module:
+    """An empty instance of the parametrized class of ``base`` (pickle then sets its state).
+
+    Args:
+        base (type): the module's class before parametrization (``nn.Linear``).
+        names (list[str]): the parametrized tensors, one property each.
+
+    Returns:
+        The instance, with no state yet.
+
+    Example:
+        >>> type(rebuild_parametrized(nn.Linear, ["weight"])).__name__
+        'ParametrizedLinear'
+    """
+    module = base.__new__(base)
+    inject_parametrized_class(module, names)
+    own_class_hooks(module)
+    return module
 
 
 # 0.1.0 names, kept for the merge of parallel branches.
