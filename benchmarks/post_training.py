@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import pt_models  # noqa: E402
+import pt_models
 
-from torchprune_share import LevelPruner, Quantizer  # noqa: E402
+from torchprune_share import LevelPruner, Quantizer
 
 ALGORITHMS = ("data-free", "diagonal", "fisher", "hessian")
 SETTINGS = ("4-bit/ch", "3-bit/ch", "50%", "50%+4-bit")
@@ -177,7 +177,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm-l3,gpt-pydoc,lenet5-mnist")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--gpt-steps", type=int, default=1500)
+    ap.add_argument("--gpt-steps", type=int, default=800)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)

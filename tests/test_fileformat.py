@@ -62,7 +62,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _reparams(model: nn.Module) -> list[tuple]:
     out = []
     for q, _, _, p in compressed_tensors(model):
-        extra = p.get_extra_state() if isinstance(p, WeightSharing) else None
+        extra = p.get_extra_state().tolist() if isinstance(p, WeightSharing) else None
         out.append((q, type(p).__name__, extra))
     return out
 
@@ -588,10 +588,12 @@ def shared_body(
     axis=0,
     gran=0,
     code_width=None,
+    init=0,
+    method=0,
 ):
     n_kept = len(codes) if n_kept is None else n_kept
     cb = bytes(4 * k) if cb is None else cb
-    settings = bytes([bits, gran]) + encode_varint(axis) + bytes([0, 0]) + encode_varint(k)
+    settings = bytes([bits, gran]) + encode_varint(axis) + bytes([init, method]) + encode_varint(k)
     width = code_width or max(1, (k - 1).bit_length())
     body = settings + bytes([0, index_dtype]) + cb + encode_varint(n_kept) + positions
     return body + packed(codes, width)
@@ -683,15 +685,27 @@ W = (2, 3)  # nn.Linear(3, 2).weight
         ),
         (
             rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, bits=0)),
-            ["bits 0 not in [1, 16]"],
+            ["bits must be an int in [1, 16], got 0"],
+        ),
+        (
+            rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, bits=17)),
+            ["bits must be an int in [1, 16], got 17"],
+        ),
+        (
+            rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, init=4)),
+            ["tensor 'weight'", "init code must be one of [0, 1, 2, 3], got 4"],
+        ),
+        (
+            rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, method=3)),
+            ["method code must be one of [0, 1, 2], got 3"],
         ),
         (
             rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, gran=2)),
-            ["invalid granularity code 2"],
+            ["granularity code must be one of [0, 1], got 2"],
         ),
         (
             rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, gran=1, axis=4)),
-            ["channel axis 2 invalid for shape (2, 3)"],
+            ["channel_axis must be in [-2, 1] for a 2-D tensor, got 2"],
         ),
         (
             rec("weight", ff.SHARED, torch.int64, W, shared_body(4, [0] * 6)),
@@ -1151,3 +1165,27 @@ def test_preamble_layout():
     assert (magic, version, flags) == (b"TPSC", 1, 0)
     assert length == len(blob) - 20 and crc == zlib.crc32(blob[20:])
     assert blob[20] == 9  # the record count: 0.bias, 0.weight, five of 1., 2.bias, 2.weight
+
+
+def test_no_underscore_name_is_imported_across_the_file_format_and_codec_modules():
+    """fileformat/ and codec/ import only public names (the core's own test is in
+    test_compat.py); the settings, names and tensor states come from their owners."""
+    import ast
+    import pathlib
+
+    import torchprune_share
+
+    root = pathlib.Path(torchprune_share.__file__).parent
+    files = sorted([*(root / "fileformat").glob("*.py"), *(root / "codec").glob("*.py")])
+    assert {f.stem for f in files} >= {"spec", "writer", "reader", "loader", "wire", "huffman"}
+    bad, imported = [], set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                imported |= {(node.module, a.name) for a in node.names}
+                bad += [f"{path.stem}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not bad
+    assert {("config", "code_of"), ("config", "value_of"), ("config", "SharingConfig")} <= imported
+    assert {("checkpoint", "owned_keys"), ("names", "reparam_base")} <= imported
+    assert ("state", "TensorState") in imported
+    assert not (root / "fileformat" / "keys.py").exists()

@@ -134,18 +134,21 @@ def test_byte_code_tables_are_append_only():
     """A file's byte codes index these tables: 0.1.0's entries keep their positions, and
     every setting the library can produce has a code."""
     from torchprune_share import kmeans
+    from torchprune_share.config import CODES, GRANULARITIES, code_of
     from torchprune_share.fileformat import spec
 
-    assert spec.INITS[:4] == ("linear", "density", "random", "kmeans++")
-    assert spec.METHODS[:3] == ("lloyd", "optimal", "sklearn")
-    assert spec.GRANULARITIES[:2] == ("per_tensor", "per_channel")
+    assert [code_of("init", v) for v in ("linear", "density", "random", "kmeans++")] == [0, 1, 2, 3]
+    assert [code_of("method", v) for v in ("lloyd", "optimal", "sklearn")] == [0, 1, 2]
+    assert [code_of("granularity", v) for v in ("per_tensor", "per_channel")] == [0, 1]
     assert spec.KINDS[:3] == ("raw", "pruned", "shared") and spec.CODINGS == ("packed", "huffman")
     assert [str(t).removeprefix("torch.") for t in spec.TORCH_DTYPES[:10]] == [
         *("float32", "float16", "bfloat16", "float64", "int64"),
         *("int32", "int16", "int8", "uint8", "bool"),
     ]
-    assert set(kmeans.INITS) <= set(spec.INITS)
-    assert set(kmeans.METHODS) <= set(spec.METHODS)
+    assert set(kmeans.INITS) <= set(CODES["init"])
+    assert set(kmeans.METHODS) <= set(CODES["method"])
+    assert set(GRANULARITIES) <= set(CODES["granularity"])
+    assert not any(hasattr(spec, n) for n in ("INITS", "METHODS", "GRANULARITIES"))  # one owner
 
 
 def write_fixtures() -> None:

@@ -21,8 +21,8 @@ __all__ = [
     "inject_parametrized_class",
     "is_sole_reference",
     "is_torch_default_deepcopy",
-    "parameter_owners",
     "is_tracing",
+    "parameter_owners",
     "prune_hook",
     "prune_hooks",
     "slot_names",
@@ -236,9 +236,7 @@ def parameter_owners(param: Tensor) -> list[tuple[nn.Module, str]]:
             for obj in gc.get_referrers(*instance_dicts.values()):
                 if isinstance(obj, nn.Module) and id(obj.__dict__) in instance_dicts:
                     modules[id(obj)] = obj
-    return [
-        (m, key) for m in modules.values() for key, v in m._parameters.items() if v is param
-    ]
+    return [(m, key) for m in modules.values() for key, v in m._parameters.items() if v is param]
 
 
 def inject_parametrized_class(module: nn.Module, names: list[str]) -> None:

@@ -38,7 +38,6 @@ from .compat import (
     slot_names,
     tensor_version,
 )
-from .config import GRANULARITIES as GRANULARITIES  # re-exported: the file format reads it
 from .config import SharingConfig
 
 __all__ = [
@@ -624,11 +623,6 @@ def rebuild_parametrized(base: type, names: list[str]) -> nn.Module:
     inject_parametrized_class(module, names)
     own_class_hooks(module)
     return module
-
-
-# 0.1.0 names, kept for the merge of parallel branches.
-_register = register
-_CodebookGather = CodebookGather
 
 
 def get_reparametrization(module: nn.Module, name: str) -> nn.Module | None:

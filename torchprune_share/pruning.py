@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .compat import prune_hook
 from .parametrizations import PruningMask, WeightSharing, index_dtype, register_tied
 from .prune_methods import (
     LevelPruningMethod,
@@ -39,8 +38,6 @@ __all__ = [
 
 
 # -- reparametrization-based pruning ----------------------------------------------------
-# 0.1.0 name of compat.prune_hook, kept for the merge of parallel branches.
-_torch_hook = prune_hook
 
 
 def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:

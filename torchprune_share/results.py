@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_open, atomic_save_figure
 from .evaluation import as_metrics
 
 __all__ = ["ScanResult", "as_result", "format_level", "scan_to_csv", "scan_to_png"]
@@ -133,7 +134,9 @@ def scan_to_csv(result: Mapping[str, Mapping[Any, Any]], path: str | Path) -> Pa
     """Write a scan as CSV with columns ``parameter,level,accuracy,loss`` and any extra metrics.
 
     Levels are written rounded (``0.3``, not ``0.30000000000000004``), metrics with full
-    precision. A metric a point lacks is left empty.
+    precision. A metric a point lacks is left empty. The file is written crash-safely
+    (:func:`~torchprune_share.atomic.atomic_open`): a file already at ``path`` is replaced
+    only by a complete one.
 
     Args:
         result (Mapping): a :class:`ScanResult` or a ``{parameter: {level: metrics}}`` dict
@@ -155,7 +158,7 @@ def scan_to_csv(result: Mapping[str, Mapping[Any, Any]], path: str | Path) -> Pa
         if must not in metrics:
             metrics.insert(0 if must == "accuracy" else 1, must)
     path = Path(path)
-    with path.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["parameter", "level", *metrics])
         for row in result.rows():
@@ -183,6 +186,8 @@ def scan_to_png(
 
     Readable with many layers: ten ``tab10`` colours, then the same colours with another
     marker for each further ten layers, and the legend split into columns of at most 20.
+    Written crash-safely (:func:`~torchprune_share.atomic.atomic_save_figure`), in the
+    format of ``path``'s suffix.
 
     Args:
         result (Mapping): a :class:`ScanResult` (or a plain dict of the same shape).
@@ -226,7 +231,7 @@ def scan_to_png(
         frameon=False,
     )
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    atomic_save_figure(fig, path, dpi=dpi)
     logger.info("wrote %s (%d lines)", path, n)
     return path
 

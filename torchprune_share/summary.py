@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_open, atomic_write_text
 from .names import expand_default_names, named_tensors, resolve_tensor
 from .parametrizations import WeightSharing
 from .state import TensorState
@@ -256,6 +257,9 @@ class CompressionSummary:
     def to_csv(self, path: str | Path) -> Path:
         """Write the rows and the totals row as CSV, columns :data:`COLUMNS`.
 
+        Written crash-safely (:func:`~torchprune_share.atomic.atomic_open`): a file already
+        at ``path`` is replaced only by a complete one.
+
         Args:
             path (str or Path): the file.
 
@@ -268,7 +272,7 @@ class CompressionSummary:
             'total,,36,36,0.0,,,144,144,1.0,'
         """
         path = Path(path)
-        with path.open("w", newline="") as f:
+        with atomic_open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()
             for r in [*self.rows, self.total]:
@@ -276,7 +280,7 @@ class CompressionSummary:
         return path
 
     def to_markdown(self, path: str | Path | None = None) -> str:
-        """The table as GitHub Markdown (and written to ``path`` if given).
+        """The table as GitHub Markdown (and written to ``path``, crash-safely, if given).
 
         Args:
             path (str or Path, optional): a file to write.
@@ -294,7 +298,7 @@ class CompressionSummary:
         lines = ["| " + " | ".join(row) + " |" for row in [self._HEADERS, align, *cells]]
         text = "\n".join(lines) + f"\n\n{_NOTE}\n"
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)
         return text
 
     def __repr__(self) -> str:

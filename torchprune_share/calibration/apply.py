@@ -24,7 +24,7 @@ from ..codebook import cluster, index_dtype
 from ..config import SharingConfig
 from ..pruning import apply_keep_mask, compressible_state, level_mask
 from ..sharing import share_with
-from ..state import MASKED, SHARED, TensorState
+from ..state import MASKED, PLAIN, SHARED, TensorState
 from .engine import Target, calibrate
 from .matrix import Statistics, prune_matrix, share_matrix
 from .sweep import lookup
@@ -60,17 +60,37 @@ def _as_matrix(value: Tensor) -> Tensor:
     return value.reshape(value.shape[0], -1) if value.dim() > 1 else value.reshape(1, -1)
 
 
-def _matrix_stats(stats: Statistics) -> Statistics:
+def _matrix_stats(stats: Statistics, centered: bool = False) -> Statistics:
     imp = stats.importance
-    return Statistics(stats.hessian, _as_matrix(imp) if imp is not None else None, stats.cross)
+    out = Statistics(
+        stats.hessian, _as_matrix(imp) if imp is not None else None, stats.cross, stats.mean
+    )
+    return out.centered() if centered else out
+
+
+def _free_bias(module: nn.Module, stats: Statistics | None, enabled: bool) -> Tensor | None:
+    """The bias that may absorb the mean output error: plain, and the layer's own."""
+    if not enabled or stats is None or stats.mean is None or stats.cross is not None:
+        return None
+    if not isinstance(getattr(module, "bias", None), nn.Parameter):
+        return None
+    state = TensorState.find(module, "bias")
+    return module.bias if state is not None and state.kind == PLAIN else None
+
+
+def _bias_shift(target: Tensor, staged: Tensor, stats: Statistics) -> Tensor:
+    """``(W − Q) μ``: the mean output error, which the bias takes over."""
+    w, q = _as_matrix(target).to(torch.float32), _as_matrix(staged).to(torch.float32)
+    return (w - q) @ stats.mean.to(torch.float32)
 
 
 def _share_one(
-    req: ShareRequest, stats: Statistics | None, refits: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(staged value, codebook, index)`` of one tensor."""
+    req: ShareRequest, stats: Statistics | None, refits: int, bias_correction: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(staged value, codebook, index, new bias or None)`` of one tensor."""
     cfg = req.config
     value, keep = compressible_state(req.module, req.name)
+    bias = _free_bias(req.module, stats, bias_correction)
     per_channel = cfg.granularity == "per_channel"
     on_rows = value.dim() > 1 and cfg.channel_axis % value.dim() == 0
     if stats is not None and per_channel and not on_rows:
@@ -82,11 +102,11 @@ def _share_one(
         stats = None
     if stats is None:
         codebook, index = cluster(value, keep, config=cfg, generator=req.generator)
-        return _gather(codebook, index, cfg), codebook, index
+        return _gather(codebook, index, cfg), codebook, index, None
     cb, codes = share_matrix(
         _as_matrix(value),
         _as_matrix(keep),
-        _matrix_stats(stats),
+        _matrix_stats(stats, centered=bias is not None),
         bits=cfg.bits,
         per_row=per_channel,
         algorithm=cfg.algorithm,
@@ -101,7 +121,20 @@ def _share_one(
     k = cb.shape[1]
     full = torch.where(codes >= 0, codes, k).view(value.shape)
     index = full.to(index_dtype(max(k - 1, 0) if bool(keep.all()) else k))
-    return staged, (cb if per_channel else cb[0]), index
+    new_bias = None
+    if bias is not None:
+        new_bias = (bias.detach() + _bias_shift(value, staged, stats).to(bias.dtype)).detach()
+    return staged, (cb if per_channel else cb[0]), index, new_bias
+
+
+def _staged(value: Tensor, bias: Tensor | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    return value if bias is None else (value, {"bias": bias})
+
+
+def _commit_bias(module: nn.Module, bias: Tensor | None) -> None:
+    if bias is not None:
+        with torch.no_grad():
+            module.bias.copy_(bias)
 
 
 def _gather(codebook: Tensor, index: Tensor, cfg: SharingConfig) -> Tensor:
@@ -145,6 +178,7 @@ def share_calibrated(
     calibration: Iterable[Any],
     *,
     refits: int = 1,
+    bias_correction: bool = True,
     **engine: Any,
 ) -> None:
     """Share every requested tensor, minimising each layer's output error on calibration data.
@@ -153,6 +187,13 @@ def share_calibrated(
     :func:`~torchprune_share.calibration.engine.calibrate` (``forward``, ``loss_fn``,
     ``sequential``, ``asymmetric``, ``strict``, ``progress``). Nothing changes in the
     model unless every tensor was computed.
+
+    Example:
+        >>> lin = nn.Linear(8, 4)
+        >>> req = ShareRequest("weight", lin, "weight", SharingConfig(bits=2))
+        >>> share_calibrated([req], lin, [torch.randn(16, 8)], progress=False)
+        >>> len(torch.unique(lin.weight.detach())) <= 4
+        True
     """
     algorithms = sorted({r.config.algorithm for r in requests})
     if len(algorithms) > 1:
@@ -161,12 +202,13 @@ def share_calibrated(
             "of each algorithm with their own Quantizer"
         )
 
-    def compute(req: ShareRequest, stats: Statistics | None) -> tuple[Tensor, Any]:
-        staged, codebook, index = _share_one(req, stats, refits)
-        return staged, (codebook, index)
+    def compute(req: ShareRequest, stats: Statistics | None) -> tuple[Any, Any]:
+        staged, codebook, index, bias = _share_one(req, stats, refits, bias_correction)
+        return _staged(staged, bias), (codebook, index, bias)
 
-    def commit(req: ShareRequest, plan: tuple[Tensor, Tensor]) -> None:
-        share_with(req.module, req.name, *plan, req.config, cache_index=req.cache_index)
+    def commit(req: ShareRequest, plan: tuple[Tensor, Tensor, Tensor | None]) -> None:
+        share_with(req.module, req.name, *plan[:2], req.config, cache_index=req.cache_index)
+        _commit_bias(req.module, plan[2])
 
     _plan_then_commit(
         requests,
@@ -180,10 +222,15 @@ def share_calibrated(
 
 
 def _prune_one(
-    req: PruneRequest, stats: Statistics | None, algorithm: str, damping: float
-) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
-    """``(staged value, (new keep mask, updated values or None))`` of one tensor."""
+    req: PruneRequest,
+    stats: Statistics | None,
+    algorithm: str,
+    damping: float,
+    bias_correction: bool = True,
+) -> tuple[Any, tuple[Tensor, Tensor | None, Tensor | None]]:
+    """``(staged value, (new keep mask, updated values or None, new bias or None))``."""
     value, keep = compressible_state(req.module, req.name)
+    bias = _free_bias(req.module, stats, bias_correction and algorithm == "hessian")
     extra = max(round(req.sparsity * value.numel()) - (value.numel() - int(keep.sum())), 0)
     new_w = None
     if stats is None or extra == 0:
@@ -192,20 +239,24 @@ def _prune_one(
         new_keep, new_w = prune_matrix(
             _as_matrix(value),
             _as_matrix(keep),
-            _matrix_stats(stats),
+            _matrix_stats(stats, centered=bias is not None),
             extra,
             algorithm=algorithm,
             damping=damping,
         )
         new_keep = new_keep.view(value.shape)
     if new_w is None:
-        return torch.where(new_keep, value, value.new_zeros(())), (new_keep, None)
+        return torch.where(new_keep, value, value.new_zeros(())), (new_keep, None, None)
     new_w = new_w.view(value.shape).to(value.dtype)
-    return new_w, (new_keep, new_w)
+    new_bias = None
+    if bias is not None and stats is not None:
+        new_bias = (bias.detach() + _bias_shift(value, new_w, stats).to(bias.dtype)).detach()
+    return _staged(new_w, new_bias), (new_keep, new_w, new_bias)
 
 
-def _commit_pruning(req: PruneRequest, plan: tuple[Tensor, Tensor | None]) -> None:
-    keep, values = plan
+def _commit_pruning(req: PruneRequest, plan: tuple[Tensor, Tensor | None, Tensor | None]) -> None:
+    keep, values, bias = plan
+    _commit_bias(req.module, bias)
     state = TensorState.of(req.module, req.name)
     if values is not None and state.kind == SHARED:
         logger.info("%s is shared: its codes are kept, only the mask is calibrated", req.qualified)
@@ -227,18 +278,26 @@ def prune_calibrated(
     *,
     algorithm: str = "hessian",
     damping: float = 0.1,
+    bias_correction: bool = True,
     **engine: Any,
 ) -> None:
     """Prune every requested tensor by its effect on the layer's output on calibration data.
 
     ``engine`` holds the keywords of :func:`~torchprune_share.calibration.engine.calibrate`.
     Nothing changes in the model unless every tensor was computed.
+
+    Example:
+        >>> lin = nn.Linear(8, 4)
+        >>> prune_calibrated([PruneRequest("weight", lin, "weight", 0.5)], lin,
+        ...                  [torch.randn(16, 8)], progress=False)
+        >>> int((lin.weight == 0).sum())
+        16
     """
     _plan_then_commit(
         requests,
         model,
         calibration,
-        lambda req, stats: _prune_one(req, stats, algorithm, damping),
+        lambda req, stats: _prune_one(req, stats, algorithm, damping, bias_correction),
         _commit_pruning,
         algorithm=algorithm,
         **engine,

@@ -33,7 +33,8 @@ __all__ = ["Target", "as_batches", "calibrate", "default_forward"]
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[nn.Module, Any], Any]
-Compress = Callable[["Target", "Statistics | None"], Tensor]
+# compress(target, stats) -> the staged value, or (value, {other tensor of the module: value})
+Compress = Callable[["Target", "Statistics | None"], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -214,7 +215,7 @@ class _Recorder:
             if t.kind == COUNTS:
                 out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
             else:
-                out[id(t)] = Statistics(hessian=a.hessian(), cross=a.cross())
+                out[id(t)] = Statistics(hessian=a.hessian(), cross=a.cross(), mean=a.mean())
         return out
 
 
@@ -392,7 +393,10 @@ def calibrate(
             )
             for t in group:
                 value = compress(t, stats.get(id(t)))
+                value, others = value if isinstance(value, tuple) else (value, {})
                 if sequential:
                     staging.stage(t.module, t.name, value)
+                    for name, other in others.items():
+                        staging.stage(t.module, name, other)
     finally:
         staging.restore()

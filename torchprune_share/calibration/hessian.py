@@ -41,6 +41,7 @@ class HessianAccumulator:
     def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
         self.sum = torch.zeros(dim, dim, dtype=torch.float32, device=device)
         self.cross_sum: Tensor | None = None
+        self.row_sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.count = 0
 
     def add(self, rows: Tensor, reference: Tensor | None = None) -> None:
@@ -53,6 +54,7 @@ class HessianAccumulator:
         """
         x = rows.detach().reshape(-1, self.sum.shape[0]).to(self.sum.device, torch.float32)
         self.sum.addmm_(x.T, x)
+        self.row_sum += x.sum(0, dtype=torch.float64)
         if reference is not None:
             r = reference.detach().reshape(x.shape).to(x.device, torch.float32)
             if self.cross_sum is None:
@@ -63,6 +65,10 @@ class HessianAccumulator:
     def hessian(self) -> Tensor:
         """``H``, the mean of ``x xᵀ`` (zeros before any row was added)."""
         return self.sum / max(self.count, 1)
+
+    def mean(self) -> Tensor:
+        """The mean input row (float32)."""
+        return (self.row_sum / max(self.count, 1)).to(torch.float32)
 
     def cross(self) -> Tensor | None:
         """``(1/n) Σ x_ref xᵀ`` when references were given, else ``None``."""
@@ -88,9 +94,8 @@ def inverse_cholesky(h: Tensor, damping: float = 0.1) -> tuple[Tensor, Tensor, f
 
     Example:
         >>> u, dead, used = inverse_cholesky(torch.eye(2) * 4, damping=0.0)
-        >>> u, dead.tolist(), used
-        (tensor([[0.5000, 0.0000],
-                [0.0000, 0.5000]]), [False, False], 0.0)
+        >>> torch.diagonal(u).tolist(), float(u[0, 1]) == 0.0, dead.tolist(), used
+        ([0.5, 0.5], True, [False, False], 0.0)
     """
     h = h.detach().to(torch.float32).clone()
     diag = torch.diagonal(h)

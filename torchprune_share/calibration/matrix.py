@@ -44,11 +44,30 @@ class Statistics:
             embedding's row counts), or ``None``.
         cross: ``(C, C)`` ``(1/n) Σ x x̃ᵀ`` with ``x`` the dense model's inputs for the
             same tokens, or ``None`` (then ``x̃ = x``).
+        mean: ``(C,)`` the mean input ``x̃``, or ``None``.
     """
 
     hessian: Tensor | None = None
     importance: Tensor | None = None
     cross: Tensor | None = None
+    mean: Tensor | None = None
+
+    def centered(self) -> Statistics:
+        r"""The statistics of a layer whose bias absorbs the mean output error.
+
+        With a free bias ``b``, ``min_δ Σ_t ‖Δ x_t − δ‖²`` is ``tr(Δ Σ Δᵀ)`` with the input
+        covariance ``Σ = H − μ μᵀ``, reached at ``δ = Δ μ`` (bias correction, Nagel et
+        al. 2019): the sweep then spends its codes on what the bias cannot fix.
+
+        Example:
+            >>> s = Statistics(hessian=torch.tensor([[2.0]]), mean=torch.tensor([1.0]))
+            >>> s.centered().hessian
+            tensor([[1.]])
+        """
+        if self.hessian is None or self.mean is None or self.cross is not None:
+            return self
+        mu = self.mean.to(self.hessian.dtype)
+        return Statistics(self.hessian - torch.outer(mu, mu), self.importance, None, self.mean)
 
 
 def dense_target(w: Tensor, stats: Statistics, damping: float) -> Tensor:

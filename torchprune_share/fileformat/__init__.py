@@ -10,8 +10,11 @@ One module per concept:
 * :mod:`.writer`: :func:`save_compressed` (crash-safe) and the record encoders;
 * :mod:`.reader`: the bounded parser every reader goes through;
 * :mod:`.loader`: :func:`load_compressed`, into a freshly built model;
-* :mod:`.report`: :func:`compression_report` and :class:`CompressionReport`;
-* :mod:`.keys`: which ``state_dict`` keys belong to which compressed tensor.
+* :mod:`.report`: :func:`compression_report` and :class:`CompressionReport`.
+
+The sharing settings and their byte codes belong to :mod:`torchprune_share.config`, the
+``state_dict`` keys of a compressed tensor to :mod:`torchprune_share.names` and
+:func:`torchprune_share.checkpoint.owned_keys`.
 
 Varints and bounded reads come from :mod:`torchprune_share.codec.wire`, shared with the
 Huffman codec.
@@ -31,6 +34,8 @@ Example:
     (True, True)
 """
 
+# 0.1.0's names for the accepted values; their byte codes are config.CODES.
+from ..config import INITS, METHODS
 from .loader import load_compressed
 from .report import COLUMNS, TABLE_HEAD, CompressionReport, compression_report
 from .spec import (
@@ -38,12 +43,10 @@ from .spec import (
     DTYPES,
     HUFFMAN,
     INDEX_DTYPES,
-    INITS,
     KINDS,
     MAGIC,
     MAX_BITS,
     MAX_NUMEL,
-    METHODS,
     NUMPY_DTYPES,
     PACKED,
     PREAMBLE,

@@ -21,18 +21,31 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_state_dict
+from ..checkpoint import CheckpointError, load_state_dict, owned_keys
 from ..checkpoint import bake as bake_model
-from .keys import owners, reparam_base
+from ..names import reparam_base, split
+from ..state import PLAIN, TensorState
 from .reader import Record, parse, read_source
 from .spec import PRUNED, RAW, CompressedFileError
 
 __all__ = ["load_compressed"]
 
 
+def _module_and_name(model: nn.Module, qualified: str) -> tuple[nn.Module, str]:
+    prefix, name = split(qualified)
+    return (model.get_submodule(prefix) if prefix else model), name
+
+
 @dataclass
 class _Expected:
-    """The tensors a file for ``model`` holds: name -> shape, by how they may be stored."""
+    """The tensors a file for a model holds: name -> shape, by how they may be stored.
+
+    Example:
+        >>> from torchprune_share import level_prune
+        >>> exp = _Expected.of(level_prune(nn.Linear(2, 3), amount=0.5))
+        >>> exp.plain, exp.compressible, sorted(exp.required)
+        ({'bias': (3,)}, {'bias': (3,), 'weight': (3, 2)}, ['bias', 'weight'])
+    """
 
     plain: dict[str, tuple[int, ...]]  # raw records: every key not owned by a reparam
     compressible: dict[str, tuple[int, ...]]  # pruned/shared: float parameters
@@ -40,23 +53,23 @@ class _Expected:
 
     @classmethod
     def of(cls, model: nn.Module) -> _Expected:
-        owner = owners(model)
-        params = dict(model.named_parameters(remove_duplicate=False))
+        """What a file for ``model`` must hold, read from the model's tensor states."""
+        owner = owned_keys(model)
         plain, compressible = {}, {}
         for key, t in model.state_dict().items():
             q = owner.get(key)
             if q is not None:
-                module_name, _, name = q.rpartition(".")
-                module = model.get_submodule(module_name) if module_name else model
-                compressible[q] = tuple(getattr(module, name).shape)
+                compressible[q] = tuple(TensorState.of(*_module_and_name(model, q)).shape)
             elif isinstance(t, Tensor):
                 plain[key] = tuple(t.shape)
-                if key in params and t.is_floating_point():
+                state = TensorState.find(*_module_and_name(model, key))
+                if state is not None and state.kind == PLAIN and state.dtype.is_floating_point:
                     compressible[key] = tuple(t.shape)
         required = {owner.get(key, key) for key in model.state_dict()}
         return cls(plain, compressible, required)
 
     def problem(self, rec: Record) -> str | None:
+        """Why ``rec`` (name, kind and shape read) does not fit the model, or ``None``."""
         names = self.plain if rec.kind == RAW else self.compressible
         if rec.name not in names:
             if rec.kind == RAW and rec.name in self.compressible:
@@ -85,14 +98,14 @@ def _state_dict(records: list[Record]) -> dict[str, Any]:
             state[f"{base}.original"] = original.reshape(rec.shape)
             state[f"{base}.0.mask"] = mask.reshape(rec.shape)
         else:
-            k = rec.settings["num_centroids"]
+            k = rec.num_centroids
             zero = k if rec.n_kept < rec.numel else 0  # k may not fit when nothing is pruned
             index = torch.full((rec.numel,), zero, dtype=rec.index_dtype)
             index[kept] = torch.from_numpy(rec.codes).to(rec.index_dtype)
-            cb_shape = (rec.rows, k) if rec.settings["granularity"] == "per_channel" else (k,)
+            cb_shape = (rec.rows, k) if rec.config.granularity == "per_channel" else (k,)
             state[f"{base}.original"] = rec.codebook.reshape(cb_shape).to(rec.dtype)
             state[f"{base}.0.index"] = index.reshape(rec.shape)
-            state[f"{base}.0._extra_state"] = dict(rec.settings)
+            state[f"{base}.0._extra_state"] = rec.config.to_state(k)
     return state
 
 

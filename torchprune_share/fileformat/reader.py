@@ -28,15 +28,13 @@ from torch import Tensor
 
 from .. import codec
 from ..codec.wire import BoundedReader, zigzag_decode
-from ..parametrizations import GRANULARITIES
+from ..config import SharingConfig, value_of
 from .spec import (
     HUFFMAN,
     INDEX_DTYPES,
-    INITS,
     MAGIC,
     MAX_BITS,
     MAX_NUMEL,
-    METHODS,
     NUMPY_DTYPES,
     PACKED,
     PREAMBLE,
@@ -85,6 +83,14 @@ class PayloadReader(BoundedReader):
             raise self.fail(f"invalid {what} code {i}")
         return options[i]
 
+    def setting(self, setting: str) -> str:
+        """The value of a sharing setting's byte code (:func:`~torchprune_share.config.value_of`)."""
+        code = self.u8(setting)
+        try:
+            return value_of(setting, code)
+        except ValueError as err:
+            raise self.fail(str(err)) from err
+
 
 @dataclass
 class StreamInfo:
@@ -116,15 +122,16 @@ class Record:
     values: Tensor | None = None  # raw: all entries; pruned: the kept ones
     codes: np.ndarray | None = None
     codebook: Tensor | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # WeightSharing's extra state
+    config: SharingConfig | None = None  # shared: the WeightSharing's settings
+    num_centroids: int = 0  # shared: k, centroids per codebook
     index_dtype: torch.dtype | None = None
     streams: list[StreamInfo] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
         """Codebook rows: the channel count per channel, else 1."""
-        if self.settings.get("granularity") == "per_channel":
-            return self.shape[self.settings["channel_axis"]]
+        if self.config is not None and self.config.granularity == "per_channel":
+            return self.shape[self.config.channel_axis]
         return 1
 
 
@@ -205,31 +212,22 @@ def _read_pruned(rd: PayloadReader, rec: Record) -> None:
 
 
 def _read_sharing_settings(rd: PayloadReader, rec: Record) -> None:
-    bits = rd.u8("bits")
-    if not 1 <= bits <= MAX_BITS:
-        raise rd.fail(f"bits {bits} not in [1, {MAX_BITS}]")
-    granularity = rd.choice(GRANULARITIES, "granularity")
-    axis = zigzag_decode(rd.varint("channel axis"))
-    ndim = len(rec.shape)
-    if granularity == "per_channel" and not -ndim <= axis < ndim:
-        raise rd.fail(f"channel axis {axis} invalid for shape {rec.shape}")
-    init, method = rd.choice(INITS, "init"), rd.choice(METHODS, "method")
-    k = rd.count("centroid count", 1 << bits)
-    rec.settings = dict(
-        bits=bits,
-        granularity=granularity,
-        channel_axis=axis,
-        init=init,
-        method=method,
-        num_centroids=k,
-    )
+    settings = {"bits": rd.u8("bits"), "granularity": rd.setting("granularity")}
+    settings["channel_axis"] = zigzag_decode(rd.varint("channel axis"))
+    settings["init"], settings["method"] = rd.setting("init"), rd.setting("method")
+    try:  # the rules of the settings live in SharingConfig alone
+        rec.config = SharingConfig.from_mapping(settings)
+        rec.config.check_tensor(len(rec.shape))
+    except ValueError as err:
+        raise rd.fail(str(err)) from err
+    rec.num_centroids = rd.count("centroid count", 1 << rec.config.bits)
 
 
 def _read_shared(rd: PayloadReader, rec: Record) -> None:
     if not rec.dtype.is_floating_point:
         raise rd.fail(f"a shared tensor must be floating point, not {rec.dtype}")
     _read_sharing_settings(rd, rec)
-    k = rec.settings["num_centroids"]
+    k = rec.num_centroids
     cb_dtype = rd.choice(TORCH_DTYPES, "codebook dtype")
     rec.index_dtype = rd.choice(TORCH_DTYPES, "index dtype")
     if not cb_dtype.is_floating_point or rec.index_dtype not in INDEX_DTYPES:

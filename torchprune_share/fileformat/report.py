@@ -58,7 +58,7 @@ def _report_row(rec: Record) -> dict[str, Any]:
         tensor=rec.name,
         weights=rec.numel,
         density=rec.n_kept / rec.numel if rec.numel else 1.0,
-        bits=rec.settings.get("bits"),
+        bits=rec.config.bits if rec.config is not None else None,
         index_bits=rec.index_bits,
         dense=dense,
         P=_pruned_size(rec) if rec.kind == SHARED else packed,

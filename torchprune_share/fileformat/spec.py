@@ -24,9 +24,10 @@ fixed-width integers and tensor bytes little-endian)::
                bfloat16 as its 16-bit pattern)
       pruned:  varint n_kept, positions (only if n_kept < numel), then the n_kept kept
                values (dtype bytes, C order)
-      shared:  u8 bits (1..16), u8 granularity (0 per_tensor, 1 per_channel),
-               zigzag-varint channel_axis, u8 init, u8 method (indices into INITS,
-               METHODS), varint k (centroids per codebook, <= 2**bits),
+      shared:  u8 bits (1..16), u8 granularity, zigzag-varint channel_axis, u8 init,
+               u8 method (the byte codes of :data:`torchprune_share.config.CODES`, e.g.
+               granularity 0 per_tensor, 1 per_channel), varint k (centroids per
+               codebook, <= 2**bits),
                u8 codebook dtype (floating), u8 index dtype (integer; holds code k, the
                pruned zero, when n_kept < numel),
                codebook bytes (rows x k, rows = shape[channel_axis] or 1),
@@ -63,20 +64,16 @@ import numpy as np
 import torch
 
 from ..codec.wire import encode_varint
-from ..parametrizations import GRANULARITIES
 
 __all__ = [
     "CODINGS",
     "DTYPES",
-    "GRANULARITIES",
     "HUFFMAN",
     "INDEX_DTYPES",
-    "INITS",
     "KINDS",
     "MAGIC",
     "MAX_BITS",
     "MAX_NUMEL",
-    "METHODS",
     "NUMPY_DTYPES",
     "PACKED",
     "PREAMBLE",
@@ -97,7 +94,7 @@ RAW, PRUNED, SHARED = 0, 1, 2
 KINDS = ("raw", "pruned", "shared")  # by byte code
 PACKED, HUFFMAN = 0, 1
 CODINGS = ("packed", "huffman")  # by byte code
-MAX_BITS = 16  # sharing bits and index bits
+MAX_BITS = 16  # relative-index bits (sharing bits: config.MAX_BITS, checked by SharingConfig)
 MAX_NUMEL = 1 << 48  # refuse shapes no machine could hold before doing any arithmetic
 
 # The position of an entry in these tables is its code in the file: append, never reorder.
@@ -116,10 +113,6 @@ DTYPES: tuple[tuple[torch.dtype, str], ...] = (
 TORCH_DTYPES = tuple(t for t, _ in DTYPES)
 NUMPY_DTYPES = {t: np.dtype(n) for t, n in DTYPES}
 INDEX_DTYPES = tuple(t for t in TORCH_DTYPES if not t.is_floating_point and t != torch.bool)
-# Stored as their position in these tuples: a file's byte codes, so append only (kept
-# apart from kmeans.INITS / METHODS on purpose).
-INITS = ("linear", "density", "random", "kmeans++")
-METHODS = ("lloyd", "optimal", "sklearn")
 
 
 class CompressedFileError(ValueError):

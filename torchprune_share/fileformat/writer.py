@@ -21,21 +21,20 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from .. import codec
 from ..atomic import atomic_write_bytes
-from ..checkpoint import compressed_tensors, torch_pruned_tensors
+from ..checkpoint import owned_keys
 from ..codec.wire import encode_varint, zigzag_encode
-from ..parametrizations import GRANULARITIES, PruningMask, WeightSharing
-from .keys import owners
+from ..config import code_of
+from ..names import named_tensors
+from ..parametrizations import WeightSharing
+from ..state import FOREIGN, MASKED, TORCH_PRUNED, TensorState
 from .spec import (
     HUFFMAN,
     INDEX_DTYPES,
-    INITS,
     MAGIC,
     MAX_BITS,
-    METHODS,
     NUMPY_DTYPES,
     PACKED,
     PREAMBLE,
@@ -194,22 +193,21 @@ def _encode_shared(
 ) -> bytes:
     keep = ws.kept().cpu().reshape(-1).numpy()
     codes = ws.index.detach().cpu().reshape(-1).numpy()[keep]
-    k = ws.num_centroids
+    config, k = ws.config, ws.num_centroids  # the config checked its settings when built
     if (
-        not 1 <= ws.bits <= MAX_BITS
-        or codebook.shape[-1] != k
+        codebook.shape[-1] != k
         or ws.index.dtype not in INDEX_DTYPES
         or (len(codes) and not 0 <= codes.min() <= codes.max() < k)
     ):
         raise ValueError(f"tensor {name!r}: inconsistent weight sharing ({ws.extra_repr()})")
-    settings = bytes([ws.bits, GRANULARITIES.index(ws.granularity)])
-    settings += encode_varint(zigzag_encode(ws.channel_axis))
+    settings = bytes([config.bits, code_of("granularity", config.granularity)])
+    settings += encode_varint(zigzag_encode(config.channel_axis))
+    settings += bytes([code_of("init", config.init), code_of("method", config.method)])
     dtypes = (codebook_dtype or codebook.dtype, ws.index.dtype)
     return b"".join(
         [
             record_header(name, SHARED, codebook.dtype, tuple(ws.index.shape)),
             settings,
-            bytes([INITS.index(ws.init), METHODS.index(ws.method)]),
             encode_varint(k),
             bytes(TORCH_DTYPES.index(d) for d in dtypes),
             _tensor_bytes(codebook.detach().to(dtypes[0])),
@@ -219,31 +217,34 @@ def _encode_shared(
     )
 
 
-def _check_savable(model: nn.Module) -> None:
-    """Refuse what a file could store but the loader could not restore."""
-    for q, *_ in torch_pruned_tensors(model):
-        raise ValueError(
-            f"tensor {q!r} is pruned by a torch.nn.utils.prune hook; adopt it with "
-            "torchprune_share.level_prune(module, name, amount=0) before saving"
-        )
-    for prefix, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for name, plist in module.parametrizations.items():
-                if len(plist) != 1 or not isinstance(plist[0], (PruningMask, WeightSharing)):
-                    q = f"{prefix}.{name}" if prefix else name
-                    raise ValueError(
-                        f"tensor {q!r} carries a parametrization other than this package's "
-                        "one PruningMask or WeightSharing; it cannot be stored"
-                    )
+def _savable_states(model: nn.Module) -> dict[str, TensorState]:
+    """The states of the pruned and shared tensors; refuses what a file could store but
+    the loader could not restore."""
+    states = {}
+    for q, module, name in named_tensors(model):
+        state = TensorState.of(module, name)
+        if state.kind == TORCH_PRUNED:
+            raise ValueError(
+                f"tensor {q!r} is pruned by a torch.nn.utils.prune hook; adopt it with "
+                "torchprune_share.level_prune(module, name, amount=0) before saving"
+            )
+        # One parametrization of this package's, nothing stacked on it.
+        if state.kind == FOREIGN or (state.compressed and len(module.parametrizations[name]) != 1):
+            raise ValueError(
+                f"tensor {q!r} carries a parametrization other than this package's "
+                "one PruningMask or WeightSharing; it cannot be stored"
+            )
+        if state.compressed:
+            states[q] = state
+    return states
 
 
 def _records(
     model: nn.Module, huffman: bool, index_bits: int | None, codebook_dtype: torch.dtype | None
 ) -> Iterator[bytes]:
     """One encoded record per tensor, in state_dict order."""
-    _check_savable(model)
-    owner, done = owners(model), set()
-    reparams = {q: (m, n, p) for q, m, n, p in compressed_tensors(model)}
+    states = _savable_states(model)
+    owner, done = owned_keys(model), set()
     for key, t in model.state_dict().items():
         q = owner.get(key)
         if q is None:
@@ -253,12 +254,13 @@ def _records(
             yield _encode_raw(key, t)
         elif q not in done:
             done.add(q)
-            module, name, p = reparams[q]
-            original = module.parametrizations[name].original
-            if isinstance(p, PruningMask):
-                yield _encode_pruned(q, original, p.mask, huffman, index_bits)
+            state = states[q]
+            if state.kind == MASKED:
+                yield _encode_pruned(q, state.parameter(), state.reparam.mask, huffman, index_bits)
             else:
-                yield _encode_shared(q, p, original, huffman, index_bits, codebook_dtype)
+                yield _encode_shared(
+                    q, state.reparam, state.parameter(), huffman, index_bits, codebook_dtype
+                )
 
 
 def _check_options(
