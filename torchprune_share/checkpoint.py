@@ -117,13 +117,26 @@ def owned_keys(model: nn.Module) -> dict[str, str]:
     Returns:
         ``{key: qualified_name}``.
 
+    Raises:
+        ValueError: a compressed tensor is tied to another owner (the file format stores
+            no ties yet; the message names the routes that do).
+
     Example:
         >>> from torchprune_share import level_prune
         >>> net = nn.Sequential(nn.Linear(2, 2))
         >>> owned_keys(level_prune(net[0], amount=0.5) and net)
         {'0.parametrizations.weight.original': '0.weight', '0.parametrizations.weight.0.mask': '0.weight'}
     """
-    bases = {reparam_base(q) + ".": q for q, *_ in compressed_tensors(model)}
+    found = compressed_tensors(model)
+    for q, module, name, _ in found:
+        owners = TensorState.of(module, name).owners()
+        if len(owners) > 1:
+            raise ValueError(
+                f"tensor {q!r} is tied ({describe_owners(owners)}); the .tpsc format has no "
+                "record for a tied tensor yet: save model.state_dict() (load it with "
+                "torchprune_share.load_state_dict) or torch.save(model)"
+            )
+    bases = {reparam_base(q) + ".": q for q, *_ in found}
     owner = {}
     for key in model.state_dict():
         m = REPARAM_KEY.match(key)
