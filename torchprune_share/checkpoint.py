@@ -24,8 +24,8 @@ from .parametrizations import (
     WeightSharing,
     get_reparametrization,
     index_dtype,
-    register_tied,
 )
+from .registration import register_tied
 from .state import TensorState, describe_owners
 
 __all__ = [

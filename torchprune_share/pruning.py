@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .parametrizations import PruningMask, WeightSharing, index_dtype, register_tied
+from .parametrizations import PruningMask, WeightSharing, index_dtype
 from .prune_methods import (
     LevelPruningMethod,
     SigmaThresholdPruningMethod,
@@ -24,6 +24,7 @@ from .prune_methods import (
     smallest_k,
     validate_amount,
 )
+from .registration import register_tied
 from .state import FOREIGN, TORCH_PRUNED, TensorState, class_name
 
 __all__ = [

@@ -8,8 +8,9 @@ from torch import nn
 from .config import SharingConfig
 from .kmeans import INITS as INITS  # re-exported for 0.1.0 callers
 from .kmeans import METHODS as METHODS
-from .parametrizations import WeightSharing, cluster, register_tied
+from .parametrizations import WeightSharing, cluster
 from .pruning import compressible_state
+from .registration import register_tied
 from .state import TensorState
 
 __all__ = ["recluster", "register_weight_sharing"]
