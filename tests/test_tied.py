@@ -160,13 +160,30 @@ def test_save_compressed_of_a_tie_is_refused_before_writing(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_scan_changes_every_owner() -> None:
-    # An override appended to the shared chain reaches both owners.
+@pytest.mark.parametrize("compressed", [False, True])
+def test_scan_changes_every_owner_and_restores_the_tie(compressed: bool) -> None:
+    from torchprune_share import SparsityLevels, scan
+
     model = lm()
-    tps.register_weight_sharing(model.emb, bits=3)
-    assert len(model.emb.parametrizations) == 1
-    model.emb.parametrizations.weight.append(nn.Identity())
-    assert len(model.head.parametrizations.weight) == 2
+    if compressed:
+        tps.register_weight_sharing(model.emb, bits=3)
+    seen = []
+
+    def evaluate(m: TinyLM) -> dict[str, float]:
+        # during the scan both owners must compute the same (changed) tensor
+        seen.append((torch.equal(m.emb.weight, m.head.weight), float((m.head.weight == 0).sum())))
+        return {"loss": float(m(X).square().mean())}
+
+    y = model(X)
+    result = scan(model, [0.0, 0.5], evaluate, kind=SparsityLevels(), progress=False)
+    assert sorted(result) == ["emb.weight", "mid.weight"]
+    assert all(same for same, _ in seen)
+    assert max(zeros for _, zeros in seen) == 400  # head pruned with emb at 0.5
+    assert torch.equal(model(X), y)
+    if compressed:
+        assert_tied(model)
+    else:
+        assert model.head.weight is model.emb.weight
 
 
 def test_names_list_a_tie_once() -> None:
