@@ -129,6 +129,7 @@ def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool =
         unsafe (bool): as in ``register_parametrization`` (skip its consistency checks).
 
     Example:
+        >>> from torchprune_share.parametrizations import PruningMask
         >>> lin = nn.Linear(2, 2)
         >>> register(lin, "weight", PruningMask(torch.ones(2, 2, dtype=torch.bool)))
         >>> type(copy.deepcopy(lin)) is not type(lin)
@@ -147,6 +148,7 @@ def own_class_hooks(module: nn.Module) -> None:
         module (nn.Module): a module parametrized by ``torch.nn.utils.parametrize``.
 
     Example:
+        >>> from torchprune_share.parametrizations import PruningMask
         >>> lin = nn.Linear(2, 2)
         >>> register(lin, "weight", PruningMask(torch.ones(2, 2, dtype=torch.bool)))
         >>> type(lin).__reduce_ex__ is reduce_parametrized
@@ -176,6 +178,7 @@ def register_tied(
         unsafe (bool): as in :func:`register`.
 
     Example:
+        >>> from torchprune_share.parametrizations import PruningMask
         >>> emb, head = nn.Embedding(4, 2), nn.Linear(2, 4, bias=False)
         >>> head.weight = emb.weight
         >>> register_tied([(emb, "weight"), (head, "weight")],
@@ -209,6 +212,7 @@ def reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
         ``(rebuild_parametrized, (base class, parametrized names), state)``.
 
     Example:
+        >>> from torchprune_share.parametrizations import PruningMask
         >>> import pickle
         >>> lin = nn.Linear(2, 2)
         >>> register(lin, "weight", PruningMask(torch.tensor([[True, False], [True, True]])))
