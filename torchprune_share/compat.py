@@ -198,7 +198,7 @@ def is_sole_reference(module: nn.Module, key: str) -> bool:
     return _references_beyond_call(module._parameters[key]) <= 1
 
 
-def parameter_owners(param: Tensor) -> list[tuple[nn.Module, str]]:
+def parameter_owners(param: Tensor, hint: nn.Module | None = None) -> list[tuple[nn.Module, str]]:
     """Every ``(module, key)`` with ``module._parameters[key] is param``, process-wide.
 
     A Parameter holds no reference to its modules, so a tie (``head.weight = emb.weight``)
@@ -209,6 +209,8 @@ def parameter_owners(param: Tensor) -> list[tuple[nn.Module, str]]:
 
     Args:
         param (Tensor): the parameter.
+        hint (nn.Module, optional): a module known to hold it: when its ``_parameters`` is
+            the only dict holding ``param``, one pass suffices.
 
     Returns:
         ``(module, key)`` pairs, in no particular order.
@@ -225,7 +227,9 @@ def parameter_owners(param: Tensor) -> list[tuple[nn.Module, str]]:
         if type(r) is dict and any(v is param for v in r.values())
     }
     modules: dict[int, nn.Module] = {}
-    if dicts:
+    if hint is not None and list(dicts) == [id(hint._parameters)]:
+        modules[id(hint)] = hint
+    elif dicts:
         instance_dicts = {}
         for obj in gc.get_referrers(*dicts.values()):
             if isinstance(obj, nn.Module) and id(obj.__dict__.get("_parameters")) in dicts:

@@ -295,7 +295,7 @@ class TensorState:
             if self.module._parameters.get(key) is None or is_sole_reference(self.module, key):
                 return [me]
             tied = []
-            for m, k in parameter_owners(self.module._parameters[key]):
+            for m, k in parameter_owners(self.module._parameters[key], hint=self.module):
                 hooked = k.endswith("_orig") and prune_hook(m, k[: -len("_orig")]) is not None
                 tied.append((m, k[: -len("_orig")] if hooked else k))
         else:
