@@ -40,7 +40,7 @@ def test_defaults_and_normalisation():
         init="linear",
         method="lloyd",
         algorithm="hessian",
-        damping=0.01,
+        damping=0.1,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.bits = 2  # type: ignore[misc]

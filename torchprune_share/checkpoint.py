@@ -24,9 +24,9 @@ from .parametrizations import (
     WeightSharing,
     get_reparametrization,
     index_dtype,
-    register,
 )
-from .state import TensorState
+from .registration import register_tied
+from .state import TensorState, describe_owners
 
 __all__ = [
     "CheckpointError",
@@ -117,13 +117,26 @@ def owned_keys(model: nn.Module) -> dict[str, str]:
     Returns:
         ``{key: qualified_name}``.
 
+    Raises:
+        ValueError: a compressed tensor is tied to another owner (the file format stores
+            no ties yet; the message names the routes that do).
+
     Example:
         >>> from torchprune_share import level_prune
         >>> net = nn.Sequential(nn.Linear(2, 2))
         >>> owned_keys(level_prune(net[0], amount=0.5) and net)
         {'0.parametrizations.weight.original': '0.weight', '0.parametrizations.weight.0.mask': '0.weight'}
     """
-    bases = {reparam_base(q) + ".": q for q, *_ in compressed_tensors(model)}
+    found = compressed_tensors(model)
+    for q, module, name, _ in found:
+        owners = TensorState.of(module, name).owners()
+        if len(owners) > 1:
+            raise ValueError(
+                f"tensor {q!r} is tied ({describe_owners(owners)}); the .tpsc format has no "
+                "record for a tied tensor yet: save model.state_dict() (load it with "
+                "torchprune_share.load_state_dict) or torch.save(model)"
+            )
+    bases = {reparam_base(q) + ".": q for q, *_ in found}
     owner = {}
     for key in model.state_dict():
         m = REPARAM_KEY.match(key)
@@ -326,14 +339,98 @@ def _check_keys(
             )
 
 
-def _recreate(module: nn.Module, e: _Entry, state_dict: Mapping[str, Tensor]) -> None:
-    """Give ``module.<e.name>`` the reparametrization the checkpoint names (values follow)."""
+def _same_entry(a: _Entry, b: _Entry, sd: Mapping[str, object], dim: int) -> bool:
+    if a.kind != b.kind or set(a.keys) != set(b.keys):
+        return False
+    for rest, key in a.keys.items():
+        x, y = sd[key], sd[b.keys[rest]]
+        if rest == "0._extra_state":
+            if sharing_state(a.qualified, x, dim) != sharing_state(b.qualified, y, dim):
+                return False
+        elif not (x is y or (x.dtype == y.dtype and torch.equal(x, y))):  # type: ignore[union-attr]
+            return False
+    return True
+
+
+def tie_groups(
+    model: nn.Module,
+    entries: dict[str, _Entry],
+    modules: dict[str, nn.Module],
+    state_dict: Mapping[str, object],
+) -> dict[str, list[tuple[nn.Module, str]]]:
+    """The owners each compressed entry is re-created on; tied followers map to ``[]``.
+
+    A tensor tied in ``model`` (``head.weight = emb.weight``) is compressed once for all
+    its owners, so the checkpoint must store every owner in the model the same way (a
+    ``state_dict`` of a tied model does: one set of keys per owner, equal values).
+
+    Args:
+        model (nn.Module): the model being loaded into (not yet changed).
+        entries (dict): the checkpoint's compressed tensors, by qualified name.
+        modules (dict): the module of each entry.
+        state_dict (Mapping): the checkpoint.
+
+    Returns:
+        ``{qualified name: owners}``; ``[]`` for an owner whose tie leader re-creates it.
+
+    Raises:
+        CheckpointError: naming the tied tensors, when the checkpoint stores them
+            differently, plain, or pruned by torch's hooks.
+
+    Example:
+        >>> from torchprune_share import register_weight_sharing
+        >>> emb, head = nn.Embedding(6, 4), nn.Linear(4, 6, bias=False)
+        >>> head.weight = emb.weight
+        >>> net = nn.ModuleDict({"emb": emb, "head": head})
+        >>> _ = register_weight_sharing(net["emb"], bits=2)
+        >>> fresh = nn.ModuleDict({"emb": nn.Embedding(6, 4), "head": nn.Linear(4, 6, bias=False)})
+        >>> fresh["head"].weight = fresh["emb"].weight
+        >>> _ = load_state_dict(fresh, net.state_dict())
+        >>> fresh["head"].parametrizations.weight is fresh["emb"].parametrizations.weight
+        True
+    """
+    where: dict[tuple[int, str], str] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name in [*module._parameters, *getattr(module, "parametrizations", {})]:
+            where.setdefault((id(module), name), join(prefix, name))
+    groups: dict[str, list[tuple[nn.Module, str]]] = {}
+    for q, e in entries.items():
+        if q in groups:
+            continue
+        owners = TensorState.of(modules[q], e.name).owners()
+        groups[q] = owners
+        names = [where.get((id(m), n)) for m, n in owners[1:]]
+        if not names:
+            continue
+        dim = len(TensorState.of(modules[q], e.name).shape)
+        for other in names:
+            if other is None:  # an owner outside this model: it follows
+                continue
+            f = entries.get(other)
+            if e.kind == "hook" or f is None or not _same_entry(e, f, state_dict, dim):
+                raise CheckpointError(
+                    f"tensor {q!r} is tied to {other!r} in the model "
+                    f"({describe_owners(owners)}), but the checkpoint stores them "
+                    "differently (one compressed, one plain, other values, or torch "
+                    "pruning hooks); a tied tensor is compressed once for all its owners"
+                )
+            groups[other] = []
+    return groups
+
+
+def _recreate(
+    module: nn.Module,
+    e: _Entry,
+    state_dict: Mapping[str, Tensor],
+    owners: list[tuple[nn.Module, str]],
+) -> None:
+    """Give ``module.<e.name>`` (and its tied ``owners``) the checkpoint's reparametrization."""
     TensorState.of(module, e.name).to_plain()
     device = getattr(module, e.name).device
     if e.kind == "hook":
         prune.custom_from_mask(module, e.name, state_dict[e.keys["mask"]].to(device))
     elif e.kind == "mask":
-        register(module, e.name, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
+        register_tied(owners, PruningMask(state_dict[e.keys["0.mask"]].to(device)))
     else:
         dim = getattr(module, e.name).dim()
         config, k = sharing_state(e.qualified, state_dict[e.keys["0._extra_state"]], dim)
@@ -347,7 +444,7 @@ def _recreate(module: nn.Module, e: _Entry, state_dict: Mapping[str, Tensor]) ->
             codebook.to(device=device, dtype=getattr(module, e.name).dtype).clone(),
             config=config,
         )
-        register(module, e.name, sharing, unsafe=True)
+        register_tied(owners, sharing, unsafe=True)
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
@@ -383,9 +480,11 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
     entries = _group(state_dict)
     modules = {q: _check_entry(model, e, state_dict) for q, e in entries.items()}
     _check_keys(model, entries, state_dict)
+    groups = tie_groups(model, entries, modules, state_dict)
     with torch.no_grad():
         for q, e in entries.items():
-            _recreate(modules[q], e, state_dict)
+            if groups[q]:  # a tied follower got its leader's reparametrization
+                _recreate(modules[q], e, state_dict, groups[q])
     model.load_state_dict(state_dict, strict=True)
     # A torch pruning hook recomputes ``module.<name>`` only at the next forward; refresh it
     # now so that no stale tensor is visible before the first forward.

@@ -14,12 +14,12 @@ A tensor compressed by this package carries exactly one of them, registered with
 Sharing subsumes pruning: pruning a shared tensor moves entries to the zero code, and
 sharing a pruned tensor replaces its :class:`PruningMask`. One parametrization per tensor
 is what lets a single ``parametrize.remove_parametrizations(module, name)`` bake it, and
-keeps ``original`` always used by the output (DDP needs that).
+keeps ``original`` always used by the output (DDP needs that). Registering them (ties,
+deep copies, pickling) is :mod:`torchprune_share.registration`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from .codebook import SPREAD as SPREAD  # re-exported: 0.1.0 callers and tests
 from .codebook import CodebookGather, cluster, index_dtype, max_code
-from .compat import is_torch_default_deepcopy, is_tracing, slot_names, tensor_version
+from .compat import is_tracing, tensor_version
 from .config import SharingConfig
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "cluster",
     "get_reparametrization",
     "index_dtype",
-    "register",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +66,8 @@ class PruningMask(nn.Module):
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
+        # (module, name) of every owner of a tied tensor (see register_tied); [] if untied.
+        self.tied: list[tuple[nn.Module, str]] = []
 
     def forward(self, x: Tensor) -> Tensor:
         # where(), not x * mask: pruned entries are +0.0 whatever the sign of the stored
@@ -186,6 +187,7 @@ class WeightSharing(nn.Module):
         self.num_centroids = int(codebook.shape[-1]) if codebook is not None else 0
         self.cache_index = cache_index
         self._pending_codebook = codebook
+        self.tied: list[tuple[nn.Module, str]] = []  # see register_tied
         self._cache: Tensor | None = None
         self._cache_key: tuple | None = None
 
@@ -408,110 +410,6 @@ class WeightSharing(nn.Module):
             self.index = index.to(self.index.device)
         self._cache = None
         self._cache_key = None
-
-
-def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
-    """``__deepcopy__`` of a parametrized module whose copy gets a class of its own.
-
-    ``parametrize`` injects one class per module (``ParametrizedLinear``) that carries a
-    property per parametrized tensor, and its default ``__deepcopy__`` gives the copy that
-    same class. Registering or removing a parametrization on either module then adds or
-    deletes the property on both: ``bake(copy.deepcopy(model))`` would break ``model``.
-    """
-    replica = memo.get(id(self))
-    if replica is not None:
-        return replica
-    cls = type(self)
-    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-    replica = self.__new__(type(cls.__name__, cls.__bases__, namespace))
-    memo[id(self)] = replica
-    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
-    for slot in slot_names(cls):
-        if hasattr(self, slot):
-            setattr(replica, slot, copy.deepcopy(getattr(self, slot), memo))
-    return replica
-
-
-def check_sharing_entries(
-    chain: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    """``load_state_dict`` pre-hook of a parametrization chain holding a :class:`WeightSharing`.
-
-    Runs before the chain copies its ``original`` (the codebook): when the incoming entries
-    do not fit (:meth:`WeightSharing.check_state_dict`), none of them is copied, and the
-    problem is reported (torch's ``load_state_dict`` then raises).
-
-    Args:
-        chain (nn.Module): the ``ParametrizationList`` (``module.parametrizations[name]``).
-        state_dict (dict): the entries being loaded (this load's own copy).
-        prefix (str): the chain's key prefix, e.g. ``"fc.parametrizations.weight."``.
-        local_metadata, strict, missing_keys, unexpected_keys: as torch passes them.
-        error_msgs (list[str]): where the problem is reported.
-
-    Example:
-        >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
-        >>> ws = WeightSharing(torch.zeros(4, 4, dtype=torch.uint8), torch.zeros(1), bits=1)
-        >>> register(a, "weight", ws)  # registers this hook
-        >>> register(b, "weight", WeightSharing(torch.ones(4, 4, dtype=torch.uint8),
-        ...                                     torch.ones(2), bits=1))
-        >>> a.load_state_dict(b.state_dict())
-        Traceback (most recent call last):
-        ...
-        RuntimeError: Error(s) in loading state_dict for ParametrizedLinear:
-            parametrizations.weight: the checkpoint's codebook has 2 centroids per_tensor, ...
-        >>> bool((a.weight == 0).all())
-        True
-    """
-    for i, p in enumerate(chain):
-        if isinstance(p, WeightSharing):
-            problem = p.check_state_dict(state_dict, f"{prefix}{i}.")
-            if problem is not None:
-                # Load the current values instead (a bitwise no-op), so that only this
-                # problem is reported, not missing keys.
-                current = {
-                    "original": chain.original.detach(),
-                    f"{i}.index": p.index,
-                    f"{i}._extra_state": p.get_extra_state(),
-                }
-                for key, value in current.items():
-                    if prefix + key in state_dict:
-                        state_dict[prefix + key] = value
-                error_msgs.append(f"{prefix[:-1]}: {problem}")
-
-
-def register(module: nn.Module, name: str, reparam: nn.Module, *, unsafe: bool = False) -> None:
-    """``parametrize.register_parametrization``, with deep copies that do not share the class.
-
-    A :class:`WeightSharing` also gets its entries checked before torch's
-    ``load_state_dict`` copies any of them (:func:`check_sharing_entries`), so a failed
-    load leaves the module as it was.
-
-    Args:
-        module (nn.Module): the module.
-        name (str): the tensor's name.
-        reparam (nn.Module): the parametrization.
-        unsafe (bool): as in ``register_parametrization`` (skip its consistency checks).
-
-    Example:
-        >>> lin = nn.Linear(2, 2)
-        >>> register(lin, "weight", PruningMask(torch.ones(2, 2, dtype=torch.bool)))
-        >>> type(copy.deepcopy(lin)) is not type(lin)
-        True
-    """
-    parametrize.register_parametrization(module, name, reparam, unsafe=unsafe)
-    if isinstance(reparam, WeightSharing):
-        module.parametrizations[name].register_load_state_dict_pre_hook(check_sharing_entries)
-    cls = type(module)
-    # Only replace torch's default (injected when the module's own class has none).
-    if is_torch_default_deepcopy(cls):
-        cls.__deepcopy__ = _deepcopy_with_own_class
 
 
 def get_reparametrization(module: nn.Module, name: str) -> nn.Module | None:

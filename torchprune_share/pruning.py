@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .parametrizations import PruningMask, WeightSharing, index_dtype, register
+from .parametrizations import PruningMask, WeightSharing, index_dtype
 from .prune_methods import (
     LevelPruningMethod,
     SigmaThresholdPruningMethod,
@@ -24,6 +24,7 @@ from .prune_methods import (
     smallest_k,
     validate_amount,
 )
+from .registration import register_tied
 from .state import FOREIGN, TORCH_PRUNED, TensorState, class_name
 
 __all__ = [
@@ -58,7 +59,8 @@ def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
         TypeError: ``module`` is no ``nn.Module``, ``name`` no ``str``, or the tensor is not
             floating-point.
         ValueError: ``name`` is no parameter of ``module``, carries a foreign
-            parametrization, is empty, or holds NaN/Inf.
+            parametrization, is empty, holds NaN/Inf, or is tied to tensors in another
+            state (:meth:`~torchprune_share.state.TensorState.tie_group`).
 
     Example:
         >>> lin = nn.Linear(3, 2)
@@ -72,6 +74,7 @@ def compressible_state(module: nn.Module, name: str) -> tuple[Tensor, Tensor]:
             f"name={name!r}: the tensor carries a foreign parametrization; remove it "
             "(parametrize.remove_parametrizations) before compressing it"
         )
+    state.tie_group()  # a tie that cannot be compressed together fails here, unchanged
     value, keep = state.value(), state.keep()
     if not value.is_floating_point():
         raise TypeError(f"name={name!r} must name a floating-point tensor, got {value.dtype}")
@@ -107,8 +110,9 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
     """Make ``keep`` the pruning mask of ``module.<name>``, whatever carries it now.
 
     A shared tensor moves its newly pruned entries to the zero code; a masked tensor
-    updates its mask; a plain (or torch-pruned) one gets a :class:`PruningMask`. ``keep``
-    is trusted (callers pass a subset of the current keep-mask, of the tensor's shape).
+    updates its mask; a plain (or torch-pruned) one gets a :class:`PruningMask`, on every
+    owner of a tied tensor. ``keep`` is trusted (callers pass a subset of the current
+    keep-mask, of the tensor's shape).
 
     Args:
         module (nn.Module): the module.
@@ -132,9 +136,10 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
         elif isinstance(reparam, PruningMask):
             reparam.mask.copy_(keep)
         else:
+            owners = state.tie_group()
             if state.kind == TORCH_PRUNED:
                 state.to_plain()
-            register(module, name, PruningMask(keep))
+            register_tied(owners, PruningMask(keep))
 
 
 def level_prune(
@@ -239,6 +244,7 @@ def global_level_prune(
             f"{type(importance_scores).__name__}"
         )
     states = [compressible_state(m, n) for m, n in targets]
+    check_untied(targets)
     scores = []
     work_dtype = (
         torch.float64 if any(v.dtype == torch.float64 for v, _ in states) else torch.float32
@@ -265,6 +271,31 @@ def global_level_prune(
         part = new_keep[offset : offset + value.numel()].view(value.shape)
         offset += value.numel()
         apply_keep_mask(m, n, part)
+
+
+def check_untied(targets: Sequence[tuple[nn.Module, str]]) -> None:
+    """Raise ``ValueError`` when two of ``targets`` are one tied tensor (counted twice).
+
+    Args:
+        targets (Sequence of (module, name)): the tensors of one global pruning.
+
+    Example:
+        >>> emb, head = nn.Embedding(4, 2), nn.Linear(2, 4, bias=False)
+        >>> head.weight = emb.weight
+        >>> check_untied([(emb, "weight"), (head, "weight")])
+        Traceback (most recent call last):
+        ...
+        ValueError: parameters names Embedding.weight and Linear.weight, which are one tied tensor; name it once
+    """
+    seen: dict[int, tuple[nn.Module, str]] = {}
+    for m, n in targets:
+        param = TensorState.of(m, n).parameter()
+        first = seen.setdefault(id(param), (m, n))
+        if first != (m, n):
+            raise ValueError(
+                f"parameters names {class_name(first[0])}.{first[1]} and {class_name(m)}.{n}, "
+                "which are one tied tensor; name it once"
+            )
 
 
 def sigma_prune(module: nn.Module, name: str = "weight", q: float = 1.0) -> nn.Module:

@@ -8,8 +8,9 @@ from torch import nn
 from .config import SharingConfig
 from .kmeans import INITS as INITS  # re-exported for 0.1.0 callers
 from .kmeans import METHODS as METHODS
-from .parametrizations import WeightSharing, cluster, register
+from .parametrizations import WeightSharing, cluster
 from .pruning import compressible_state
+from .registration import register_tied
 from .state import TensorState
 
 __all__ = ["recluster", "register_weight_sharing"]
@@ -310,7 +311,8 @@ def share_with(
 ) -> nn.Module:
     """Make ``codebook[index]`` the one reparametrization of ``module.<name>``.
 
-    Whatever carries the tensor now is replaced. ``codebook`` and ``index`` are trusted:
+    Whatever carries the tensor now is replaced, on every owner of a tied tensor (one
+    parametrization for all). ``codebook`` and ``index`` are trusted:
     computed by this package (:func:`~torchprune_share.codebook.cluster` or the
     calibrated sweeps), ``index`` holding codes ``0..k`` with ``k`` the pruned zero.
 
@@ -332,17 +334,19 @@ def share_with(
         >>> lin.weight
         tensor([[-1.,  1.]], grad_fn=<...>)
     """
-    value = getattr(module, name)
+    state = TensorState.of(module, name)
+    owners = state.tie_group()
+    device, dtype = state.parameter().device, state.dtype
     # Everything that can fail has run; from here the module changes.
-    TensorState.of(module, name).to_plain()
+    state.to_plain()
     requires_grad = getattr(module, name).requires_grad
     sharing = WeightSharing(
-        index.to(value.device),
-        codebook.to(device=value.device, dtype=value.dtype),
+        index.to(device),
+        codebook.to(device=device, dtype=dtype),
         config=config,
         cache_index=cache_index,
     )
-    register(module, name, sharing, unsafe=True)
+    register_tied(owners, sharing, unsafe=True)
     codebook_param = module.parametrizations[name].original
     codebook_param.requires_grad_(requires_grad)
     # The Parameter object is kept (set_ to the codebook); a gradient of the old shape

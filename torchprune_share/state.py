@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
-from .compat import prune_hook, prune_hooks
+from .compat import is_sole_reference, parameter_owners, prune_hook, prune_hooks
 from .parametrizations import PruningMask, WeightSharing, get_reparametrization
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "TORCH_PRUNED",
     "TensorState",
     "class_name",
+    "describe_owners",
 ]
 
 PLAIN, TORCH_PRUNED, MASKED, SHARED, FOREIGN = (
@@ -65,6 +66,19 @@ def _own_parameter(module: nn.Module, name: str) -> nn.Parameter | None:
         if pname == name:
             return param
     return None
+
+
+def describe_owners(owners: list[tuple[nn.Module, str]]) -> str:
+    """``"Embedding.weight, Linear.weight"``: the owners of a tied tensor, for messages.
+
+    Args:
+        owners (list of (module, name)): e.g. :meth:`TensorState.owners`.
+
+    Example:
+        >>> describe_owners([(nn.Embedding(2, 2), "weight"), (nn.Linear(2, 2), "weight")])
+        'Embedding.weight, Linear.weight'
+    """
+    return ", ".join(f"{class_name(m)}.{n}" for m, n in owners)
 
 
 @dataclass(frozen=True)
@@ -239,7 +253,13 @@ class TensorState:
             ('plain', True)
         """
         if self.kind in (MASKED, SHARED):
+            # Tied owners share the chain and its original: detach the others first (the
+            # original stays their parameter), then bake this one, which turns that
+            # same Parameter object into the full tensor for all.
+            for module, name in self.owners()[1:]:
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
             parametrize.remove_parametrizations(self.module, self.name, leave_parametrized=True)
+            self.reparam.tied = []  # type: ignore[union-attr]
         elif self.kind == TORCH_PRUNED:
             prune.remove(self.module, self.name)
         elif self.kind == FOREIGN:
@@ -247,3 +267,72 @@ class TensorState:
                 f"name={self.name!r}: the tensor carries a foreign parametrization; remove it "
                 "with parametrize.remove_parametrizations"
             )
+
+    # -- ties ---------------------------------------------------------------------------
+    def owners(self) -> list[tuple[nn.Module, str]]:
+        """Every ``(module, name)`` computing with this tensor, this one first.
+
+        More than one when the tensor is tied (``head.weight = emb.weight``): a
+        reparametrized tensor records its owners; for a plain or torch-pruned one the
+        holders of its Parameter are found (:func:`~torchprune_share.compat.parameter_owners`),
+        named as the user names them (``weight``, not ``weight_orig``).
+
+        Example:
+            >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+            >>> head.weight = emb.weight
+            >>> [type(m).__name__ for m, _ in TensorState.of(head, "weight").owners()]
+            ['Linear', 'Embedding']
+        """
+        me = (self.module, self.name)
+        if self.reparam is not None:
+            tied = [
+                (m, n)
+                for m, n in getattr(self.reparam, "tied", [])
+                if get_reparametrization(m, n) is self.reparam
+            ]
+        elif self.kind in (PLAIN, TORCH_PRUNED):
+            key = self.name + ("_orig" if self.kind == TORCH_PRUNED else "")
+            if self.module._parameters.get(key) is None or is_sole_reference(self.module, key):
+                return [me]
+            tied = []
+            for m, k in parameter_owners(self.module._parameters[key], hint=self.module):
+                hooked = k.endswith("_orig") and prune_hook(m, k[: -len("_orig")]) is not None
+                tied.append((m, k[: -len("_orig")] if hooked else k))
+        else:
+            return [me]
+        others = [(m, n) for m, n in tied if not (m is self.module and n == self.name)]
+        return [me, *others]
+
+    def tie_group(self) -> list[tuple[nn.Module, str]]:
+        """:meth:`owners`, after checking that this package can compress them together.
+
+        A tied tensor is compressed once for all its owners, which must therefore be in
+        the same state: all plain, or all carrying this parametrization. torch's pruning
+        hooks prune one owner only (the others stay dense), so a tie pruned by them is
+        refused, as is a partner inside another parametrization.
+
+        Raises:
+            ValueError: naming every owner and its state, when they are not all plain.
+
+        Example:
+            >>> emb, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+            >>> head.weight = emb.weight
+            >>> len(TensorState.of(emb, "weight").tie_group())
+            2
+        """
+        owners = self.owners()
+        if len(owners) == 1 or self.reparam is not None:
+            return owners
+        kinds = []
+        for m, n in owners:
+            state = TensorState.find(m, n)
+            chain = isinstance(m, parametrize.ParametrizationList)
+            kinds.append(FOREIGN if state is None or chain else state.kind)
+        if any(k != PLAIN for k in kinds):
+            raise ValueError(
+                f"name={self.name!r} is tied to {len(owners) - 1} other tensor(s) "
+                f"({describe_owners(owners)}: {', '.join(kinds)}), which this package cannot "
+                "compress together; untie them, or make them plain (prune.remove, "
+                "remove_parametrizations) and prune with torchprune_share.level_prune"
+            )
+        return owners
