@@ -94,6 +94,7 @@ def test_fixed_choices_skip_the_recommendations(tmp_path: Path) -> None:
         "bits scan",
         "sharing",
         "file",
+        "inference",
     ]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["file_bytes"] == r["file_bytes"] == (tmp_path / "model.tpsc").stat().st_size

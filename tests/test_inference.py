@@ -370,7 +370,8 @@ def test_to_inference_leaves_what_it_cannot_convert(caplog):
         to_inference(nn.Linear(2, 2), backend="fast")
 
 
-def test_to_inference_times_convolutions_at_the_example_size():
+def test_to_inference_times_convolutions_at_the_example_size(monkeypatch):
+    monkeypatch.setattr("torchprune_share.inference.convert.SMALL_LAYER", 0)
     net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 12 * 12, 10))
     level_prune(net[0], amount=0.5)
     level_prune(net[3], amount=0.9)

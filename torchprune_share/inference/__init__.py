@@ -5,6 +5,16 @@
 :class:`CompressedConv2d`, which hold row pointers, narrow column indices, packed codes
 and the codebook, and compute ``y = x Wᵀ + b`` from them with numba kernels (or torch CSR,
 or dense, whichever was fastest for the layer when it was converted).
+
+Example:
+    >>> from torchprune_share import level_prune, register_weight_sharing
+    >>> net = nn.Sequential(nn.Linear(512, 256))
+    >>> _ = register_weight_sharing(level_prune(net[0], amount=0.9), bits=4)
+    >>> x = torch.randn(2, 512)
+    >>> expected = net(x).detach()
+    >>> fast = to_inference(net, backend="kernel")
+    >>> type(fast[0]).__name__, bool(torch.allclose(fast(x), expected, atol=1e-5))
+    ('CompressedLinear', True)
 """
 
 from .conv import CompressedConv1d, CompressedConv2d
