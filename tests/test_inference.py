@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import doctest
-import importlib
 import logging
 import subprocess
 import sys
@@ -406,19 +404,6 @@ def test_without_numba_layers_fall_back_to_torch_csr():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["False", "csr", "csr", "True"]
     assert run.stderr.count("numba is not installed") == 1
-
-
-@pytest.mark.parametrize("name", ["conv", "convert", "kernels", "layout", "modules", "source"])
-def test_docstring_examples(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    module = importlib.import_module(f"torchprune_share.inference.{name}")
-    result = doctest.testmod(
-        module,
-        extraglobs={"nn": nn, "torch": torch, "np": np},
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-        report=False,
-    )
-    assert result.failed == 0 and result.attempted > 0
 
 
 def test_small_layers_take_dense_untimed_and_cost_what_nn_linear_costs():
