@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..codebook import cluster, index_dtype
 from ..config import SharingConfig
+from ..parametrizations import WeightSharing
 from ..pruning import apply_keep_mask, compressible_state, level_mask
 from ..sharing import share_with
 from ..state import MASKED, PLAIN, SHARED, TensorState
@@ -138,16 +139,9 @@ def _commit_bias(module: nn.Module, bias: Tensor | None) -> None:
 
 
 def _gather(codebook: Tensor, index: Tensor, cfg: SharingConfig) -> Tensor:
-    """The dense value of ``codebook[index]`` (code ``k`` the zero)."""
-    zero = codebook.new_zeros((*codebook.shape[:-1], 1))
-    table = torch.cat([codebook, zero], dim=-1)
-    idx = index.to(torch.int64)
-    if cfg.granularity == "per_tensor":
-        return table[idx]
-    dim = cfg.channel_dim(idx.dim())
-    moved = idx.movedim(dim, 0).reshape(idx.shape[dim], -1)
-    vals = table.gather(1, moved)
-    return vals.reshape(idx.movedim(dim, 0).shape).movedim(0, dim)
+    """The dense value of ``codebook[index]``, as the parametrization itself computes it."""
+    with torch.no_grad():
+        return WeightSharing(index, codebook, config=cfg, cache_index=False)(codebook)
 
 
 def _plan_then_commit(
