@@ -199,6 +199,41 @@ def test_nan_and_inf_propagate_as_dense():
     assert bool(torch.isnan(r[0]).all()) and 0 < int(torch.isnan(r[1]).sum()) < 30
 
 
+def ragged_linear(how: str, seed: int) -> nn.Linear:
+    """Rows of every length 0..40: odd starts, tails shorter than the 8-entry unroll."""
+    torch.manual_seed(seed)
+    lin = nn.Linear(48, 41)
+    lengths = torch.arange(41)
+    keep = torch.rand(41, 48).argsort(dim=1) < lengths[:, None]
+    level_prune(lin, amount=int((~keep).sum()), importance_scores=keep.float() + 1)
+    if how != "pruned only":
+        bits, gran = (4, "per_tensor") if how == "4-bit" else (8, "per_channel")
+        register_weight_sharing(lin, bits=bits, granularity=gran)
+    return lin
+
+
+@pytest.mark.parametrize("how", ["4-bit", "8-bit per channel", "pruned only"])
+def test_batch_one_path_matches_dense_and_follows_replaced_buffers(how):
+    lin = ragged_linear(how, 0)
+    ref = baked(lin)
+    fast = CompressedLinear.from_linear(lin)
+    with torch.inference_mode():
+        for _ in range(3):
+            x = torch.randn(1, 48)
+            assert rel_err(fast(x), ref(x)) < 1e-5
+        x = torch.randn(1, 48)
+        x[0, 5] = float("nan")
+        y, r = fast(x), ref(x)
+        assert torch.equal(torch.isnan(y), torch.isnan(r)) and bool(torch.isnan(y).all())
+        # Buffers replaced after a call (as .to() or assignment do) are the ones used next.
+        other = CompressedLinear.from_linear(ragged_linear(how, 1))
+        x = torch.randn(1, 48)
+        fast(x)
+        for name, buf in other.named_buffers():
+            setattr(fast, name, buf.clone())
+        assert torch.equal(fast(x), other(x))
+
+
 def test_bitwise_deterministic_for_any_thread_count():
     lin = shared_linear(n_in=512, n_out=256, amount=0.5)
     fast = CompressedLinear.from_linear(lin)
