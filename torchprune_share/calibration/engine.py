@@ -5,7 +5,8 @@ the same input tensor, such as attention's query/key/value, form one group); eac
 statistics are recorded with every earlier group already compressed (staged, see
 :class:`~torchprune_share.calibration.staging.Staging`), so later layers see, and
 compensate, the errors of earlier ones. Each round stops the forward as soon as the
-group's last layer has read its input. Nothing is committed here: the caller's
+group's last layer has read its input, and groups inside one block replay only that
+block on its recorded inputs (:mod:`~torchprune_share.calibration.replay`). Nothing is committed here: the caller's
 ``compress`` callback returns the staged value and keeps its own plan, and every staged
 value is undone at the end, also when anything raises.
 """
@@ -24,8 +25,9 @@ from tqdm import tqdm
 
 from ..state import TensorState
 from .hessian import HessianAccumulator
-from .layers import COUNTS, input_rows, layer_kind, token_counts
+from .layers import COUNTS, input_rows, layer_kind, padding_mask, token_counts
 from .matrix import Statistics
+from .replay import Clock, Recorded, plan_anchors, record_inputs, replay
 from .staging import Staging
 
 __all__ = ["Target", "as_batches", "calibrate", "default_forward"]
@@ -118,8 +120,9 @@ def _run(model: nn.Module, batches: Iterable[Any], run: Callable[[Any], Any]) ->
 
 def _discover(
     model: nn.Module, batches: Iterable[Any], forward: Forward, targets: list[Target]
-) -> tuple[list[list[Target]], bool]:
-    """Group the reached targets by execution order; tell whether any runs twice a forward."""
+) -> tuple[list[list[Target]], bool, Clock]:
+    """Group the reached targets by execution order; tell whether any runs twice a forward;
+    time when each module is entered (for :func:`~.replay.plan_anchors`)."""
     first: dict[int, tuple[int, int]] = {}
     calls: dict[int, int] = {}
     handles = []
@@ -140,7 +143,7 @@ def _discover(
     for t in targets:
         handles.append(t.module.register_forward_pre_hook(hook(t), with_kwargs=True))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), Clock() as clock:
             _run(model, [next(iter(batches))], lambda b: forward(model, b))
     finally:
         for h in handles:
@@ -152,7 +155,7 @@ def _discover(
             groups[-1].append(t)
         else:
             groups.append([t])
-    return groups, any(n > 1 for n in calls.values())
+    return groups, any(n > 1 for n in calls.values()), clock
 
 
 class _Recorder:
@@ -169,6 +172,7 @@ class _Recorder:
         self.dense: dict[int, list[Tensor]] = {}
         self.seen: set[int] = set()
         self.mode = "staged"
+        self.mask: Tensor | None = None  # the batch's real positions (padding_mask)
 
     def hook(self, t: Target) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -184,10 +188,10 @@ class _Recorder:
     def _add(self, t: Target, module: nn.Module, x: Tensor) -> None:
         if t.kind == COUNTS:
             if self.mode == "staged":
-                counts = token_counts(module, x)
+                counts = token_counts(module, x, self.mask)
                 self.acc[id(t)] = counts if id(t) not in self.acc else self.acc[id(t)] + counts
             return
-        rows = input_rows(module, x)
+        rows = input_rows(module, x, self.mask)
         if self.mode == "dense":
             self.dense.setdefault(id(t), []).append(rows)
             return
@@ -197,6 +201,7 @@ class _Recorder:
         self.acc[id(t)].add(rows, queue.pop(0) if queue else None)
 
     def run(self, model: nn.Module, forward: Forward, batch: Any) -> None:
+        self.mask = padding_mask(batch)
         if self.staging is not None and len(self.staging):
             self.mode, self.dense = "dense", {}
             self.seen.clear()
@@ -226,13 +231,21 @@ def _statistics(
     group: list[Target],
     early_stop: bool,
     staging: Staging | None = None,
+    replayed: tuple[nn.Module, Recorded] | None = None,
 ) -> dict[int, Statistics]:
-    """Hessians (or token counts) of ``group`` over all batches."""
+    """Hessians (or token counts) of ``group`` over all batches (or over the recorded
+    inputs of an anchor, ``replayed``)."""
     rec = _Recorder(group, early_stop, staging)
     handles = [t.module.register_forward_pre_hook(rec.hook(t), with_kwargs=True) for t in group]
     try:
         with torch.no_grad():
-            _run(model, batches, lambda b: rec.run(model, forward, b))
+            if replayed is None:
+                _run(model, batches, lambda b: rec.run(model, forward, b))
+            else:
+                for call, mask in replay(*replayed):
+                    rec.seen.clear()
+                    rec.mask = mask
+                    _once(lambda c: c(), call)
     finally:
         for h in handles:
             h.remove()
@@ -372,7 +385,7 @@ def calibrate(
         for t in targets:
             compress(t, stats.get(id(t)))
         return
-    groups, repeated = _discover(model, batches, forward, usable)
+    groups, repeated, clock = _discover(model, batches, forward, usable)
     _missing(usable, {id(t) for g in groups for t in g}, strict, "no forward reads them")
     reached = {id(t) for g in groups for t in g}
     for t in targets:
@@ -380,9 +393,20 @@ def calibrate(
             compress(t, None)
     if not sequential:
         groups = [[t for g in groups for t in g]]
+    if sequential and not asymmetric and not repeated:
+        plan = plan_anchors(model, [[t.module for t in g] for g in groups], clock)
+    else:
+        plan = [None] * len(groups)
     staging = Staging()
+    anchor_inputs: tuple[nn.Module | None, Recorded | None] = (None, None)
     try:
-        for group in tqdm(groups, desc="calibrating", disable=not progress, leave=False):
+        for group, anchor in tqdm(
+            list(zip(groups, plan)), desc="calibrating", disable=not progress, leave=False
+        ):
+            if anchor is not None and anchor_inputs[0] is not anchor:
+                run = lambda b: forward(model, b)  # noqa: E731
+                anchor_inputs = (anchor, record_inputs(batches, run, anchor, padding_mask))
+            recorded = anchor_inputs[1] if anchor is not None else None
             stats = _statistics(
                 model,
                 batches,
@@ -390,6 +414,9 @@ def calibrate(
                 group,
                 early_stop=not repeated,
                 staging=staging if sequential and asymmetric else None,
+                replayed=(anchor, recorded)
+                if anchor is not None and recorded is not None
+                else None,
             )
             for t in group:
                 value = compress(t, stats.get(id(t)))

@@ -9,11 +9,13 @@ Hessian is diagonal with the token counts. Anything else is compressed data-free
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["COUNTS", "HESSIAN", "input_rows", "layer_kind", "token_counts"]
+__all__ = ["COUNTS", "HESSIAN", "input_rows", "layer_kind", "padding_mask", "token_counts"]
 
 HESSIAN = "hessian"  # inputs give H = Σ x xᵀ
 COUNTS = "counts"  # an embedding: token counts
@@ -67,26 +69,62 @@ def _conv_patches(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-def input_rows(module: nn.Module, x: Tensor) -> Tensor:
+def padding_mask(batch: object) -> Tensor | None:
+    """The positions of a batch that hold data: its ``attention_mask`` (Hugging Face's
+    convention, ``(B, T)``, nonzero where a token is real) as ``bool``, else ``None``.
+
+    Padded positions are computed by the model but are not inputs anyone cares about: left
+    in, they are half the rows of a typical padded batch and pull the statistics toward
+    what the padding token looks like after each layer.
+
+    Example:
+        >>> padding_mask({"input_ids": torch.ones(1, 3), "attention_mask": torch.tensor([[1, 1, 0]])})
+        tensor([[ True,  True, False]])
+        >>> padding_mask(torch.ones(2, 3)) is None
+        True
+    """
+    if not isinstance(batch, Mapping):
+        return None
+    mask = batch.get("attention_mask")
+    if not isinstance(mask, Tensor) or mask.dim() != 2:
+        return None
+    return mask != 0
+
+
+def input_rows(module: nn.Module, x: Tensor, mask: Tensor | None = None) -> Tensor:
     """The rows ``x_t`` with ``y_t = W x_t`` for one call of a :data:`HESSIAN` layer.
+
+    Args:
+        module (nn.Module): the layer.
+        x (Tensor): its input.
+        mask (Tensor, optional): ``bool`` positions to keep (see :func:`padding_mask`),
+            used for a Linear whose input is ``(*mask.shape, C)``, ignored otherwise.
 
     Example:
         >>> conv = nn.Conv2d(2, 3, 2)
         >>> input_rows(conv, torch.randn(1, 2, 3, 3)).shape
         torch.Size([4, 8])
+        >>> input_rows(nn.Linear(4, 2), torch.randn(1, 3, 4), torch.tensor([[1, 0, 1]]) > 0).shape
+        torch.Size([2, 4])
     """
     x = x.detach()
     if isinstance(module, nn.Linear):
+        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+            return x[mask.to(x.device)]
         return x.reshape(-1, x.shape[-1])
     return _conv_patches(module, x)
 
 
-def token_counts(module: nn.Embedding, idx: Tensor) -> Tensor:
-    """How often each row of the embedding was looked up in one call.
+def token_counts(module: nn.Embedding, idx: Tensor, mask: Tensor | None = None) -> Tensor:
+    """How often each row of the embedding was looked up in one call (at ``mask``'s
+    positions when it has ``idx``'s shape).
 
     Example:
         >>> token_counts(nn.Embedding(4, 2), torch.tensor([[0, 2, 2]]))
         tensor([1., 0., 2., 0.])
     """
-    flat = idx.detach().reshape(-1).to(torch.int64)
+    idx = idx.detach()
+    if mask is not None and tuple(idx.shape) == tuple(mask.shape):
+        idx = idx[mask.to(idx.device)]
+    flat = idx.reshape(-1).to(torch.int64)
     return torch.bincount(flat, minlength=module.num_embeddings).to(torch.float32)

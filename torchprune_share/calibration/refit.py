@@ -12,6 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import kernels
+
+if kernels.AVAILABLE:
+    import numba
+
 __all__ = ["refit_codebook", "refit_survivors", "sort_codebook"]
 
 # Rows per one-hot block: (rows, C, k) float32 temporaries stay a few MB.
@@ -20,6 +25,15 @@ _ROW_CHUNK_ELEMS = 1 << 21
 
 def _normal_equations(w: Tensor, codes: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``(S_rᵀ H S_r, S_rᵀ H w_r)`` for every row, in float64."""
+    if kernels.AVAILABLE and w.device.type == "cpu":
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        mats, rhs = kernels.normal_equations(
+            h.to(torch.float32).contiguous().numpy(),
+            w.to(torch.float32).contiguous().numpy(),
+            codes.contiguous().numpy(),
+            k,
+        )
+        return torch.from_numpy(mats), torch.from_numpy(rhs)
     rows, cols = w.shape
     wh = w.to(torch.float32) @ h.to(torch.float32)
     mats = torch.empty(rows, k, k, dtype=torch.float64, device=w.device)

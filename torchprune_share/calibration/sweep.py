@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import kernels
+
 __all__ = [
     "codebook_sweep",
     "lookup",
@@ -25,6 +27,26 @@ __all__ = [
     "prune_sweep",
     "quotas",
 ]
+
+
+def _fast(w: Tensor) -> bool:
+    return kernels.AVAILABLE and w.device.type == "cpu" and w.dtype == torch.float32
+
+
+def _sweep_block(
+    w1: Tensor, u1: Tensor, table: Tensor, mids: Tensor, keep1: Tensor, c1: Tensor, err1: Tensor
+) -> None:
+    """:func:`~.kernels.sweep_block` on tensors (``w1``, ``c1``, ``err1`` contiguous, written)."""
+    as_np = lambda t: t.to(torch.float32).contiguous().numpy()  # noqa: E731
+    kernels.sweep_block(
+        w1.numpy(),
+        as_np(u1),
+        as_np(table),
+        as_np(mids),
+        keep1.contiguous().numpy(),
+        c1.numpy(),
+        err1.numpy(),
+    )
 
 
 def nearest_codes(values: Tensor, codebook: Tensor) -> Tensor:
@@ -121,11 +143,18 @@ def codebook_sweep(
     codes = torch.full((rows, cols), -1, dtype=torch.int64, device=w.device)
     table = codebook.expand(rows, -1).contiguous()
     mids = ((table[:, 1:] + table[:, :-1]) * 0.5).contiguous()
+    fast = _fast(w)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         w1 = work[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
+        if fast:
+            c1 = torch.empty(w1.shape, dtype=torch.int64)
+            _sweep_block(w1, u1, table, mids, keep[:, i1:i2], c1, err1)
+            codes[:, i1:i2] = c1
+            work[:, i2:] -= err1 @ u[i1:i2, i2:]
+            continue
         for j in range(i2 - i1):
             col = w1[:, j]
             # searchsorted(side="left") on the midpoints: ties to the lower centroid, as
@@ -180,6 +209,7 @@ def prune_sweep(
     work = w.clone()
     new_keep = keep.clone()
     starts = list(range(0, cols, block))
+    fast = _fast(w)
     capacity = torch.stack([keep[:, s : min(s + block, cols)].sum() for s in starts])
     share = quotas(extra, capacity)
     for b, i1 in enumerate(starts):
@@ -197,6 +227,12 @@ def prune_sweep(
             keep1 = flat.view(keep1.shape)
         new_keep[:, i1:i2] = keep1
         err1 = torch.zeros_like(w1)
+        if fast:
+            none = w1.new_empty(w1.shape[0], 0)
+            _sweep_block(w1, u1, none, none, keep1, torch.empty(w1.shape, dtype=torch.int64), err1)
+            work[:, i1:i2] = w1
+            work[:, i2:] -= err1 @ u[i1:i2, i2:]
+            continue
         for j in range(i2 - i1):
             col = w1[:, j]
             q = torch.where(keep1[:, j], col, col.new_zeros(()))

@@ -1,0 +1,179 @@
+"""Replaying one block instead of the whole forward gives the same compression, faster."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from torchprune_share import LevelPruner, Quantizer
+from torchprune_share.calibration import engine
+from torchprune_share.calibration.replay import Clock, plan_anchors, record_inputs
+
+
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x, mask=None, scale: float = 1.0, extra=None):
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) * scale + mask, -1)
+        x = x + self.o(a @ self.v(x))
+        if extra is not None:
+            x = x + extra.bias
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class Net(nn.Module):
+    def __init__(self, d: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Linear(8, d)
+        self.blocks = nn.ModuleList(Block(d) for _ in range(depth))
+        self.head = nn.Linear(d, 4)
+        self.extra = None
+
+    def forward(self, x, mask):
+        h = self.emb(x)
+        for b in self.blocks:
+            h = b(h, mask=mask, scale=0.25, extra=self.extra)
+        return self.head(h)
+
+
+BLOCK_WEIGHTS = [
+    f"blocks.{i}.{n}.weight" for i in range(4) for n in ("q", "k", "v", "o", "up", "down")
+]
+
+
+def _data(n: int = 3):
+    g = torch.Generator().manual_seed(1)
+    return [
+        {"x": torch.randn(4, 6, 8, generator=g), "mask": torch.zeros(4, 1, 6)} for _ in range(n)
+    ]
+
+
+def _net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def _counting(calls: list):
+    def forward(model, batch):
+        calls.append(1)
+        return model(**batch)
+
+    return forward
+
+
+def _no_replay(monkeypatch):
+    monkeypatch.setattr(engine, "plan_anchors", lambda model, groups, clock: [None] * len(groups))
+
+
+@pytest.mark.parametrize("how", ["share", "prune"])
+def test_replay_gives_the_same_result_with_fewer_forwards(how, monkeypatch):
+    data = _data()
+    results, forwards = [], []
+    for replay in (True, False):
+        model = _net()
+        if not replay:
+            _no_replay(monkeypatch)
+        calls: list = []
+        if how == "share":
+            Quantizer(dict.fromkeys(BLOCK_WEIGHTS, 3), granularity="per_channel").quantize(
+                model, data, forward=_counting(calls), progress=False
+            )
+        else:
+            LevelPruner(dict.fromkeys(BLOCK_WEIGHTS, 0.5)).prune(
+                model, calibration=data, forward=_counting(calls), progress=False
+            )
+        with torch.no_grad():
+            results.append(torch.cat([model(**b).flatten() for b in data]))
+        forwards.append(len(calls))
+    assert torch.equal(results[0], results[1])
+    # 4 blocks x 4 groups: the whole-forward runs are the discovery plus one recording per
+    # block, against one per group.
+    assert forwards[0] == 1 + 4 * len(data)
+    assert forwards[1] == 1 + 16 * len(data)
+
+
+def test_plan_uses_the_blocks_and_skips_what_it_cannot_replay():
+    model = _net()
+    data = _data(1)
+    with torch.no_grad(), Clock() as clock:
+        model(**data[0])
+    groups = [[model.emb]]
+    for b in model.blocks:
+        groups += [[b.q, b.k, b.v], [b.o], [b.up], [b.down]]
+    groups.append([model.head])
+    plan = plan_anchors(model, groups, clock)
+    assert plan[0] is None and plan[-1] is None
+    assert all(plan[1 + 4 * i + j] is model.blocks[i] for i in range(4) for j in range(4))
+    # A block with a hook of its own is not replayed (the hook would be skipped or doubled).
+    h = model.blocks[1].register_forward_pre_hook(lambda m, a: None)
+    try:
+        plan = plan_anchors(model, groups, clock)
+    finally:
+        h.remove()
+    assert all(plan[5 + j] is not model.blocks[1] for j in range(4))
+
+
+def test_inputs_that_are_not_tensors_or_plain_values_are_not_recorded():
+    model = _net()
+    run = lambda b: model(**b)  # noqa: E731
+    assert record_inputs(_data(2), run, model.blocks[0]) is not None
+
+    class Opaque:
+        bias = torch.zeros(16)
+
+    model.extra = Opaque()
+    assert record_inputs(_data(2), run, model.blocks[0]) is None
+    # ... and calibration then runs whole forwards, with the same result as without replay.
+    data = _data()
+    ref = copy.deepcopy(model)
+    Quantizer(dict.fromkeys(BLOCK_WEIGHTS, 3)).quantize(model, data, progress=False)
+    calls: list = []
+    Quantizer(dict.fromkeys(BLOCK_WEIGHTS, 3)).quantize(
+        ref, data, forward=_counting(calls), progress=False
+    )
+    # One failed recording per block (its first batch), then whole forwards per group.
+    assert len(calls) == 1 + 4 + 16 * len(data)
+    for p, r in zip(model.state_dict().values(), ref.state_dict().values(), strict=True):
+        assert torch.equal(p, r)
+
+
+class TokenNet(nn.Module):
+    """Per-token layers over an embedding: padded positions change nothing real."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, input_ids, attention_mask):
+        return self.fc2(torch.relu(self.fc1(self.emb(input_ids)))) * attention_mask[..., None]
+
+
+def test_padded_positions_are_left_out_of_the_statistics():
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 2, 7, 3]
+    sentences = [torch.randint(1, 50, (n,), generator=g) for n in lengths]
+    padded = {
+        "input_ids": torch.stack([torch.cat([s, s.new_zeros(7 - len(s))]) for s in sentences]),
+        "attention_mask": torch.stack([torch.arange(7) < len(s) for s in sentences]).long(),
+    }
+    single = [
+        {"input_ids": s[None], "attention_mask": torch.ones(1, len(s), dtype=torch.long)}
+        for s in sentences
+    ]
+    opts = {"emb.weight": 2, "fc1.weight": 2, "fc2.weight": 2}
+    results = []
+    for data in ([padded], single):
+        torch.manual_seed(0)
+        model = TokenNet()
+        Quantizer(opts, granularity="per_channel").quantize(model, data, progress=False)
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    for key in results[0]:
+        assert torch.allclose(results[0][key].float(), results[1][key].float(), atol=1e-5), key

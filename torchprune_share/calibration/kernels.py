@@ -1,0 +1,98 @@
+"""numba loops of the calibrated algorithms: the column sweep's inner block and the refit's
+normal equations.
+
+Both are loops that torch runs as thousands of small operations (the sweep: a handful of
+kernel launches per column; the refit: a dense product with a one-hot matrix that is
+``k`` times larger than the work). Compiled, they cost a fraction of the time; the
+results are those of the torch formulation up to float rounding. Without numba
+:data:`AVAILABLE` is ``False`` and the callers keep their torch code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["AVAILABLE"]
+
+try:  # optional: the torch formulations in sweep.py and refit.py are the fallback
+    import numba
+    from numba import prange
+except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
+    AVAILABLE = False
+else:
+    AVAILABLE = True
+
+if AVAILABLE:
+    _jit = {"nogil": True, "cache": True, "error_model": "numpy"}
+
+    @numba.njit(**_jit)
+    def sweep_block(w1, u1, table, mids, keep1, codes1, err1):
+        """Sweep one block of columns in place (GPTQ's inner loop, without the lazy update).
+
+        ``w1`` ``(R, B)`` float32 is the block of the weight (updated in place, column
+        ``j`` ends as its compressed value), ``u1`` ``(B, B)`` its block of the upper
+        Cholesky factor of ``H⁻¹``. ``table``/``mids`` ``(R, k)``/``(R, k - 1)`` are the
+        sorted codebook of each row and its midpoints; with ``k == 0`` entries are kept
+        as they are (pruning). ``keep1`` ``(R, B)`` bool; ``codes1`` ``(R, B)`` int64
+        receives the codes (``-1`` where pruned), ``err1`` ``(R, B)`` the scaled errors.
+        """
+        rows, width = w1.shape
+        k = table.shape[1]
+        for j in range(width):
+            d = u1[j, j]
+            for r in range(rows):
+                v = w1[r, j]
+                if keep1[r, j]:
+                    if k > 0:
+                        # Count of midpoints below v (ties to the lower centroid).
+                        lo, hi = 0, k - 1
+                        while lo < hi:
+                            mid = (lo + hi) >> 1
+                            if mids[r, mid] < v:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        q = table[r, lo]
+                        codes1[r, j] = lo
+                    else:
+                        q = v
+                        codes1[r, j] = 0
+                else:
+                    q = np.float32(0.0)
+                    codes1[r, j] = -1
+                e = (v - q) / d
+                err1[r, j] = e
+                w1[r, j] = q
+                for jj in range(j + 1, width):
+                    w1[r, jj] -= e * u1[j, jj]
+
+    @numba.njit(parallel=True, **_jit)
+    def normal_equations(h, w, codes, k):
+        """``(S_rᵀ H S_r, S_rᵀ H w_r)`` of every row in float64, ``S_r`` the one-hot of
+        row ``r``'s codes (``-1``: no centroid).
+
+        ``T = S_rᵀ H`` is ``k`` sums of rows of ``H``, one row-add per entry, so a row
+        costs ``C²`` adds where the product with the one-hot costs ``k · C²``.
+        """
+        rows, cols = codes.shape
+        mats = np.zeros((rows, k, k), np.float64)
+        rhs = np.zeros((rows, k), np.float64)
+        for r in prange(rows):
+            t = np.zeros((k, cols), np.float32)
+            for j in range(cols):
+                c = codes[r, j]
+                if c >= 0:
+                    for i in range(cols):
+                        t[c, i] += h[j, i]
+            for a in range(k):
+                acc = 0.0
+                for i in range(cols):
+                    c = codes[r, i]
+                    if c >= 0:
+                        mats[r, a, c] += t[a, i]
+                    # Pruned entries are fixed at zero; their target still pulls.
+                    acc += np.float64(t[a, i]) * w[r, i]
+                rhs[r, a] = acc
+        return mats, rhs
+
+    __all__ += ["normal_equations", "sweep_block"]
