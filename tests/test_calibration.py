@@ -425,24 +425,37 @@ class _Boom(RuntimeError):
     pass
 
 
-def _failing_forward(after: int):
+def _failing_forward(after: int, late: bool = False):
+    """A forward that raises from its call ``after + 1`` on: at its start, or (``late``)
+    once the first layer has run, i.e. after the first layer group was compressed and
+    staged."""
     calls = {"n": 0}
 
     def forward(model, batch):
         calls["n"] += 1
+        if calls["n"] > after and not late:
+            raise _Boom("forward failed")
+        h = model[0](batch)
         if calls["n"] > after:
             raise _Boom("forward failed")
-        return model(batch)
+        return model[1:](h)
 
     return forward, calls
 
 
 @pytest.mark.parametrize(
-    "sequential, after", [(True, 0), (True, 1), (True, 5), (True, 6), (True, 8), (False, 3)]
+    "sequential, after, late, expected_calls",
+    # 4 batches: 1 discovery call, then (sequential) every batch's forward once, paused at
+    # each layer group, or (one pass) 4 calls.
+    [
+        (True, 0, False, 1),
+        (True, 1, False, 2),
+        (True, 1, True, 5),
+        (True, 3, True, 5),
+        (False, 3, False, 4),
+    ],
 )
-def test_forward_raising_leaves_model_as_before(sequential, after, unchanged):
-    # 4 batches: 1 discovery call, then 4 per layer group (sequential: two groups, one
-    # otherwise), so sequential ``after`` >= 5 fails once the first layer was staged.
+def test_forward_raising_leaves_model_as_before(sequential, after, late, expected_calls, unchanged):
     model = _mlp()
     calib, _ = _mlp_data()
     calib = calib[:4]
@@ -454,17 +467,17 @@ def test_forward_raising_leaves_model_as_before(sequential, after, unchanged):
             model, calibration=calib, forward=f, sequential=sequential, progress=False
         ),
     ):
-        forward, calls = _failing_forward(after)
+        forward, calls = _failing_forward(after, late)
         with unchanged(model), pytest.raises(_Boom):
             run(forward)
         assert _no_hooks(model)
-        assert calls["n"] == after + 1
+        assert calls["n"] == expected_calls
 
 
 @pytest.mark.parametrize("prep", ["pruning_mask", "torch_prune", "sharing"])
 def test_forward_raising_after_staging_a_compressed_layer(prep, unchanged):
     # The first layer, already compressed, is staged (sequential) before the forward fails
-    # in the second layer's round: every kind of carrier must come back bitwise.
+    # after it: every kind of carrier must come back bitwise.
     model = _mlp()
     calib, held_out = _mlp_data()
     if prep == "pruning_mask":
@@ -476,7 +489,7 @@ def test_forward_raising_after_staging_a_compressed_layer(prep, unchanged):
     with torch.no_grad():
         out, w0 = model(held_out), model[0].weight.detach().clone()
     hooks = {i: list(model[i]._forward_pre_hooks.values()) for i in (0, 2)}
-    forward, calls = _failing_forward(1 + len(calib) + 2)
+    forward, calls = _failing_forward(1, late=True)
     for run in (
         lambda: Quantizer({"*": 3}).quantize(
             model, calibration=calib, forward=forward, progress=False
@@ -488,7 +501,7 @@ def test_forward_raising_after_staging_a_compressed_layer(prep, unchanged):
         calls["n"] = 0
         with unchanged(model), pytest.raises(_Boom):
             run()
-        assert calls["n"] == 1 + len(calib) + 3
+        assert calls["n"] == 1 + len(calib)
         assert {i: list(model[i]._forward_pre_hooks.values()) for i in (0, 2)} == hooks
         assert bitwise_equal(model[0].weight.detach(), w0)
         with torch.no_grad():

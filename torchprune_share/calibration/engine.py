@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..state import TensorState
 from .hessian import HessianAccumulator
 from .layers import COUNTS, input_rows, layer_kind, padding_mask, token_counts
+from .lockstep import Paused, run_lockstep
 from .matrix import Statistics
 from .replay import Clock, Recorded, plan_anchors, record_inputs, replay
 from .staging import Staging
@@ -322,6 +323,61 @@ def _fisher_batch(
         sums[i] = sq if i not in sums else sums[i] + sq
 
 
+# Lockstep holds every batch's activations at once; beyond this many batches the
+# groups replay their block instead (see replay.py), one batch at a time.
+LOCKSTEP_MAX_BATCHES = 128
+
+
+def _compress_group(
+    group: list[Target], stats: dict[int, Statistics], compress: Compress, staging: Staging | None
+) -> None:
+    """Compress each target of ``group`` and stage the values (when ``staging`` is given)."""
+    for t in group:
+        value = compress(t, stats.get(id(t)))
+        value, others = value if isinstance(value, tuple) else (value, {})
+        if staging is not None:
+            staging.stage(t.module, t.name, value)
+            for name, other in others.items():
+                staging.stage(t.module, name, other)
+
+
+def _lockstep(
+    model: nn.Module,
+    batches: list[Any],
+    forward: Forward,
+    groups: list[list[Target]],
+    compress: Compress,
+    staging: Staging,
+    progress: bool,
+) -> None:
+    """Sequential calibration with every batch's forward run once (:mod:`.lockstep`)."""
+    masks = [padding_mask(b) for b in batches]
+    bar = tqdm(total=len(groups), desc="calibrating", disable=not progress, leave=False)
+
+    def on_group(gi: int, paused: Paused) -> None:
+        group = groups[gi]
+        rec = _Recorder(group, early_stop=False, staging=None)
+        for b, x in enumerate(paused.inputs):  # in batch order: the sums are deterministic
+            if x is None:
+                continue
+            rec.mask = masks[b]
+            for t in group:
+                rec._add(t, t.module, x)
+        _compress_group(group, rec.statistics(), compress, staging)
+        bar.update()
+
+    try:
+        run_lockstep(
+            batches,
+            lambda b: forward(model, b),
+            [[t.module for t in g] for g in groups],
+            _hook_input,
+            on_group,
+        )
+    finally:
+        bar.close()
+
+
 def _missing(targets: list[Target], reached: set[int], strict: bool, what: str) -> None:
     missing = [t.qualified for t in targets if id(t) not in reached]
     if not missing:
@@ -393,13 +449,17 @@ def calibrate(
             compress(t, None)
     if not sequential:
         groups = [[t for g in groups for t in g]]
-    if sequential and not asymmetric and not repeated:
-        plan = plan_anchors(model, [[t.module for t in g] for g in groups], clock)
-    else:
-        plan = [None] * len(groups)
     staging = Staging()
-    anchor_inputs: tuple[nn.Module | None, Recorded | None] = (None, None)
     try:
+        if sequential and not asymmetric and not repeated:
+            batch_list = list(batches)
+            if len(batch_list) <= LOCKSTEP_MAX_BATCHES:
+                _lockstep(model, batch_list, forward, groups, compress, staging, progress)
+                return
+        plan = [None] * len(groups)
+        if sequential and not asymmetric and not repeated:
+            plan = plan_anchors(model, [[t.module for t in g] for g in groups], clock)
+        anchor_inputs: tuple[nn.Module | None, Recorded | None] = (None, None)
         for group, anchor in tqdm(
             list(zip(groups, plan)), desc="calibrating", disable=not progress, leave=False
         ):
@@ -418,12 +478,6 @@ def calibrate(
                 if anchor is not None and recorded is not None
                 else None,
             )
-            for t in group:
-                value = compress(t, stats.get(id(t)))
-                value, others = value if isinstance(value, tuple) else (value, {})
-                if sequential:
-                    staging.stage(t.module, t.name, value)
-                    for name, other in others.items():
-                        staging.stage(t.module, name, other)
+            _compress_group(group, stats, compress, staging if sequential else None)
     finally:
         staging.restore()

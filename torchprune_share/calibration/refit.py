@@ -108,7 +108,7 @@ def sort_codebook(codebook: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def refit_survivors(
-    w: Tensor, keep: Tensor, h: Tensor, start: Tensor, *, iters: int = 25, tol: float = 1e-10
+    w: Tensor, keep: Tensor, h: Tensor, start: Tensor, *, iters: int = 10, tol: float = 1e-10
 ) -> Tensor:
     r"""The kept values minimising ``tr((W - Ŵ) H (W - Ŵ)ᵀ)`` with pruned entries fixed at zero.
 

@@ -1,4 +1,4 @@
-"""Replaying one block instead of the whole forward gives the same compression, faster."""
+"""Lockstep forwards and block replays give the same compression as whole forwards, faster."""
 
 from __future__ import annotations
 
@@ -68,18 +68,23 @@ def _counting(calls: list):
     return forward
 
 
-def _no_replay(monkeypatch):
-    monkeypatch.setattr(engine, "plan_anchors", lambda model, groups, clock: [None] * len(groups))
+def _mode(monkeypatch, mode: str) -> None:
+    """Select how sequential calibration runs the groups: every batch's forward once in
+    lockstep (the default up to LOCKSTEP_MAX_BATCHES), replaying blocks, or whole forwards."""
+    monkeypatch.setattr(engine, "LOCKSTEP_MAX_BATCHES", 128 if mode == "lockstep" else 0)
+    if mode == "plain":
+        monkeypatch.setattr(
+            engine, "plan_anchors", lambda model, groups, clock: [None] * len(groups)
+        )
 
 
 @pytest.mark.parametrize("how", ["share", "prune"])
-def test_replay_gives_the_same_result_with_fewer_forwards(how, monkeypatch):
+def test_lockstep_and_replay_give_the_same_result_with_fewer_forwards(how, monkeypatch):
     data = _data()
-    results, forwards = [], []
-    for replay in (True, False):
+    results, forwards = {}, {}
+    for mode in ("lockstep", "replay", "plain"):
+        _mode(monkeypatch, mode)
         model = _net()
-        if not replay:
-            _no_replay(monkeypatch)
         calls: list = []
         if how == "share":
             Quantizer(dict.fromkeys(BLOCK_WEIGHTS, 3), granularity="per_channel").quantize(
@@ -90,13 +95,17 @@ def test_replay_gives_the_same_result_with_fewer_forwards(how, monkeypatch):
                 model, calibration=data, forward=_counting(calls), progress=False
             )
         with torch.no_grad():
-            results.append(torch.cat([model(**b).flatten() for b in data]))
-        forwards.append(len(calls))
-    assert torch.equal(results[0], results[1])
-    # 4 blocks x 4 groups: the whole-forward runs are the discovery plus one recording per
-    # block, against one per group.
-    assert forwards[0] == 1 + 4 * len(data)
-    assert forwards[1] == 1 + 16 * len(data)
+            results[mode] = torch.cat([model(**b).flatten() for b in data])
+        forwards[mode] = len(calls)
+    assert torch.equal(results["lockstep"], results["plain"])
+    assert torch.equal(results["replay"], results["plain"])
+    # 4 blocks x 4 groups, after one discovery forward: lockstep runs each batch once;
+    # replay records each block's inputs once; plain runs a forward per group and batch.
+    assert forwards == {
+        "lockstep": 1 + len(data),
+        "replay": 1 + 4 * len(data),
+        "plain": 1 + 16 * len(data),
+    }
 
 
 def test_plan_uses_the_blocks_and_skips_what_it_cannot_replay():
@@ -120,7 +129,8 @@ def test_plan_uses_the_blocks_and_skips_what_it_cannot_replay():
     assert all(plan[5 + j] is not model.blocks[1] for j in range(4))
 
 
-def test_inputs_that_are_not_tensors_or_plain_values_are_not_recorded():
+def test_inputs_that_are_not_tensors_or_plain_values_are_not_recorded(monkeypatch):
+    _mode(monkeypatch, "replay")
     model = _net()
     run = lambda b: model(**b)  # noqa: E731
     assert record_inputs(_data(2), run, model.blocks[0]) is not None
@@ -156,7 +166,9 @@ class TokenNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(self.emb(input_ids)))) * attention_mask[..., None]
 
 
-def test_padded_positions_are_left_out_of_the_statistics():
+@pytest.mark.parametrize("mode", ["lockstep", "replay"])
+def test_padded_positions_are_left_out_of_the_statistics(mode, monkeypatch):
+    _mode(monkeypatch, mode)
     g = torch.Generator().manual_seed(0)
     lengths = [5, 2, 7, 3]
     sentences = [torch.randint(1, 50, (n,), generator=g) for n in lengths]
