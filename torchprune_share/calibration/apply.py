@@ -262,6 +262,8 @@ def _commit_pruning(req: PruneRequest, plan: tuple[Tensor, Tensor | None, Tensor
             # Entries pruned now keep their old value under the mask: they can come back
             # with update_masks, as after level pruning.
             param.copy_(torch.where(keep, values, param))
+        # A local reference would make the tie check below scan the whole heap.
+        del param
     apply_keep_mask(req.module, req.name, keep)
 
 

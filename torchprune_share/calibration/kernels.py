@@ -17,6 +17,7 @@ __all__ = ["AVAILABLE"]
 try:  # optional: the torch formulations in sweep.py and refit.py are the fallback
     import numba
     from numba import prange
+    from numba import uint64 as u64
 except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
     AVAILABLE = False
 else:
@@ -38,10 +39,12 @@ if AVAILABLE:
         """
         rows, width = w1.shape
         k = table.shape[1]
-        for j in range(width):
-            d = u1[j, j]
-            for r in range(rows):
-                v = w1[r, j]
+        # Row by row (rows are independent): the update of the row's later columns is a
+        # contiguous slice operation, which numba vectorises.
+        for r in range(rows):
+            wr = w1[r]
+            for j in range(width):
+                v = wr[j]
                 if keep1[r, j]:
                     if k > 0:
                         # Count of midpoints below v (ties to the lower centroid).
@@ -60,11 +63,14 @@ if AVAILABLE:
                 else:
                     q = np.float32(0.0)
                     codes1[r, j] = -1
-                e = (v - q) / d
+                e = (v - q) / u1[j, j]
                 err1[r, j] = e
-                w1[r, j] = q
-                for jj in range(j + 1, width):
-                    w1[r, jj] -= e * u1[j, jj]
+                wr[j] = q
+                uj = u1[j]
+                # Unsigned indices: numba checks signed ones for wraparound on every
+                # access, which keeps this loop from vectorising.
+                for jj in range(u64(j + 1), u64(width)):
+                    wr[jj] -= e * uj[jj]
 
     @numba.njit(parallel=True, **_jit)
     def normal_equations(h, w, codes, k):
@@ -82,8 +88,9 @@ if AVAILABLE:
             for j in range(cols):
                 c = codes[r, j]
                 if c >= 0:
-                    for i in range(cols):
-                        t[c, i] += h[j, i]
+                    tc, hj = t[c], h[j]
+                    for i in range(u64(cols)):  # unsigned: vectorised (see sweep_block)
+                        tc[i] += hj[i]
             for a in range(k):
                 acc = 0.0
                 for i in range(cols):
