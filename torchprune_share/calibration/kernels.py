@@ -88,9 +88,8 @@ if AVAILABLE:
             for j in range(cols):
                 c = codes[r, j]
                 if c >= 0:
-                    tc, hj = t[c], h[j]
-                    for i in range(u64(cols)):  # unsigned: vectorised (see sweep_block)
-                        tc[i] += hj[i]
+                    for i in range(cols):
+                        t[c, i] += h[j, i]
             for a in range(k):
                 acc = 0.0
                 for i in range(cols):
