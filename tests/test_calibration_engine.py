@@ -189,3 +189,60 @@ def test_padded_positions_are_left_out_of_the_statistics(mode, monkeypatch):
         results.append({k: v.clone() for k, v in model.state_dict().items()})
     for key in results[0]:
         assert torch.allclose(results[0][key].float(), results[1][key].float(), atol=1e-5), key
+
+
+class Branchy(nn.Module):
+    """Batches whose first entry is negative skip ``mid``: not every forward reaches
+    every group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        if float(x[0, 0]) >= 0:
+            h = torch.relu(self.mid(h))
+        return self.out(h)
+
+
+def _branchy_data():
+    g = torch.Generator().manual_seed(3)
+    data = [torch.randn(32, 8, generator=g) for _ in range(4)]
+    data[0][0, 0], data[1][0, 0], data[2][0, 0], data[3][0, 0] = 1.0, -1.0, 1.0, -1.0
+    return data
+
+
+def test_lockstep_with_forwards_that_skip_a_group(monkeypatch):
+    data = _branchy_data()
+    results = {}
+    for mode in ("lockstep", "plain"):
+        _mode(monkeypatch, mode)
+        torch.manual_seed(0)
+        model = Branchy()
+        Quantizer({"*": 3}, granularity="per_channel").quantize(model, data, progress=False)
+        results[mode] = [v.clone() for v in model.state_dict().values()]
+    for a, b in zip(results["lockstep"], results["plain"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lockstep_failure_stops_every_forward_and_leaves_the_model(unchanged):
+    import threading
+
+    torch.manual_seed(0)
+    model = Branchy()
+    data = _branchy_data()
+    before = threading.active_count()
+
+    class Interrupted(BaseException):
+        pass
+
+    def forward(m, batch):
+        if float(batch[0, 0]) < 0:
+            raise Interrupted  # as a KeyboardInterrupt would, from one batch of four
+        return m(batch)
+
+    with unchanged(model), pytest.raises(Interrupted):
+        Quantizer({"*": 3}).quantize(model, data, forward=forward, progress=False)
+    assert threading.active_count() == before
+    assert all(not m._forward_pre_hooks for m in model.modules())
