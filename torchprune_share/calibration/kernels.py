@@ -6,6 +6,12 @@ kernel launches per column; the refit: a dense product with a one-hot matrix tha
 ``k`` times larger than the work). Compiled, they cost a fraction of the time; the
 results are those of the torch formulation up to float rounding. Without numba
 :data:`AVAILABLE` is ``False`` and the callers keep their torch code.
+
+Example:
+    >>> h = np.eye(2, dtype=np.float32)  # two entries on one centroid: S^T H S = 2
+    >>> mats, rhs = normal_equations(h, np.ones((1, 2), np.float32), np.array([[0, 0]]), 1)
+    >>> mats.tolist(), rhs.tolist()
+    ([[[2.0]]], [[2.0]])
 """
 
 from __future__ import annotations
