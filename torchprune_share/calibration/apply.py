@@ -279,7 +279,7 @@ def prune_calibrated(
 ) -> None:
     """Prune every requested tensor by its effect on the layer's output on calibration data.
 
-    ``bias_correction`` (off: measured 0.9571 vs 0.9575 cosine at 50 % on a BERT) lets a
+    ``bias_correction`` (off: measured 0.9580 vs 0.9584 cosine at 50 % on a BERT) lets a
     layer's free bias absorb the mean output error, as :func:`share_calibrated` does.
 
     ``engine`` holds the keywords of :func:`~torchprune_share.calibration.engine.calibrate`.
