@@ -200,7 +200,9 @@ class Quantizer:
                 list); a one-shot iterator is read into a list. ``ValueError`` if empty.
             forward (Callable, optional): ``forward(model, batch)`` runs the model on one
                 batch; default ``model(**batch)`` for a mapping, ``model(*batch)`` for a
-                tuple or list, else ``model(batch)``.
+                tuple or list, else ``model(batch)``. Sequential calibration calls it
+                once per batch, each in a worker thread (one runs at a time), with
+                gradients off; a mode such as ``torch.autocast`` must be set inside it.
             loss_fn (Callable, optional): ``loss_fn(model, batch)`` -> scalar loss, for
                 ``algorithm="fisher"`` (``TypeError`` for a non-scalar).
             sequential (bool): record each layer group's inputs with the earlier groups

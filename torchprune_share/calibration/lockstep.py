@@ -11,7 +11,9 @@ forward per group and batch grows with depth squared).
 Only one thread computes at a time (they pass one lock, as coroutines would): the work
 is the same as a serial run's, on as many torch threads, and the results do not depend
 on scheduling. While paused, the batches' activations stay alive, as in GPTQ's layer-wise
-loop; the caller limits the batch count.
+loop; the caller limits the batch count. The forwards run with gradients off; other
+thread-local modes of the caller (``torch.autocast``, ``torch.inference_mode``) do not
+reach the worker threads: a ``forward`` that needs them sets them itself.
 """
 
 from __future__ import annotations
