@@ -121,7 +121,6 @@ class CompressedModule(nn.Module):
         self.code_bits = None if layout.decoder == "value" else max(1, (k - 1).bit_length())
         self._parts_key: tuple | None = None
         self._parts_cache: tuple = ()
-        self._fast: tuple = ()
         b = None if bias is None else bias.detach().to(torch.float32).cpu().clone()
         self.register_buffer("bias", b)
         if self.backend == "kernel":
@@ -206,31 +205,12 @@ class CompressedModule(nn.Module):
             self._parts_cache, self._parts_key = (kernel_parts, bias.numpy()), key
         return self._parts_cache
 
-    def _matvec_args(self) -> tuple:
-        """``(kernel, args)`` of the batch-1 path, rebuilt when a buffer is replaced
-        (``.to()``, assignment); in-place loads keep the buffers, so the views stay valid."""
-        b = self._buffers
-        fast = self._fast
-        if (
-            fast
-            and fast[0] is b["rowptr"]
-            and fast[1] is b["cols"]
-            and fast[2] is b["payload"]
-            and fast[3] is b["lut"]
-            and fast[4] is b["bias"]
-        ):
-            return fast[5], fast[6]
-        (decoder, *layout), bias = self._parts()
-        kern = kernels.KERNELS[decoder]["matvec_finite"]
-        bufs = tuple(b[k] for k in ("rowptr", "cols", "payload", "lut", "bias"))
-        self._fast = (*bufs, kern, (*layout, bias))
-        return kern, (*layout, bias)
-
     def _matvec(self, x: Tensor) -> Tensor:
         """``x Wᵀ + b`` for one contiguous ``float32`` row ``(1, K)``, without a grad."""
-        kern, args = self._matvec_args()
+        (decoder, *layout), bias = self._parts()
         y = torch.empty(1, self.out_features)
-        if kern(*args[:5], x.numpy()[0], args[5], y.numpy()[0]):
+        xv = x.detach().numpy()[0]
+        if kernels.KERNELS[decoder]["matvec_finite"](*layout, xv, bias, y.numpy()[0]):
             return y
         return self._propagate(x, y, False)
 
@@ -378,29 +358,27 @@ class CompressedLinear(CompressedModule):
 
     def forward(self, x: Tensor) -> Tensor:
         if (
-            self.backend == "kernel"
-            and x.dtype == torch.float32
-            and x.dim() == 2
-            and x.shape[0] == 1
-            and x.shape[1] == self.in_features
-            and not x.requires_grad
-            and x.is_contiguous()
-            and (self.nnz < kernels.PARALLEL_MIN_WORK or torch.get_num_threads() == 1)
-            and not torch.compiler.is_compiling()
-        ):
-            # Batch 1, the latency case: the general path below costs ~0.2 ms a call when
-            # the previous layer has flushed the caches, 15 % of a 4096 x 4096 layer's time.
-            return self._matvec(x)
-        if (
-            self.backend == "dense"
-            and x.dtype == torch.float32
+            x.dtype == torch.float32
             and x.dim() >= 1
             and x.shape[-1] == self.in_features
             and not (torch.is_grad_enabled() and x.requires_grad)
         ):
-            # The dense choice costs what nn.Linear costs: the checks below add ~15 us a
-            # call, more than a small layer's product.
-            return F.linear(x, self.weight_dense, self.bias)
+            if self.backend == "dense":
+                # The dense choice costs what nn.Linear costs: the checks below add ~15 us
+                # a call, more than a small layer's product.
+                return F.linear(x, self.weight_dense, self.bias)
+            if (
+                self.backend == "kernel"
+                and x.dim() == 2
+                and x.shape[0] == 1
+                and x.is_contiguous()
+                and (self.nnz < kernels.PARALLEL_MIN_WORK or torch.get_num_threads() == 1)
+                and not torch.compiler.is_compiling()
+            ):
+                # Batch 1, the latency case: the general path below costs ~0.2 ms a call
+                # when the previous layer has flushed the caches, 15 % of a 4096 x 4096
+                # layer's time.
+                return self._matvec(x)
         self._check_input(x, self.in_features, "last")
         x2 = x.detach()
         if x2.dim() != 2:
