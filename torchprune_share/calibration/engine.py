@@ -4,9 +4,11 @@ Sequential by default (as GPTQ): targets are grouped by execution order (layers 
 the same input tensor, such as attention's query/key/value, form one group); each group's
 statistics are recorded with every earlier group already compressed (staged, see
 :class:`~torchprune_share.calibration.staging.Staging`), so later layers see, and
-compensate, the errors of earlier ones. Each round stops the forward as soon as the
-group's last layer has read its input, and groups inside one block replay only that
-block on its recorded inputs (:mod:`~torchprune_share.calibration.replay`). Nothing is committed here: the caller's
+compensate, the errors of earlier ones. Every batch's forward runs once, paused at each
+group until it is compressed (:mod:`~torchprune_share.calibration.lockstep`); beyond
+:data:`LOCKSTEP_MAX_BATCHES` batches, each group runs the forward (or only its block, on
+recorded inputs: :mod:`~torchprune_share.calibration.replay`) and stops it as soon as the
+group's last layer has read its input. Nothing is committed here: the caller's
 ``compress`` callback returns the staged value and keeps its own plan, and every staged
 value is undone at the end, also when anything raises.
 """
@@ -451,13 +453,15 @@ def calibrate(
         groups = [[t for g in groups for t in g]]
     staging = Staging()
     try:
-        if sequential and not asymmetric and not repeated:
+        # Chained: each group's inputs come from the compressed groups before it, and a
+        # forward can be paused (or replayed from a block) at each group.
+        chained = sequential and not asymmetric and not repeated
+        plan: list[nn.Module | None] = [None] * len(groups)
+        if chained:
             batch_list = list(batches)
             if len(batch_list) <= LOCKSTEP_MAX_BATCHES:
                 _lockstep(model, batch_list, forward, groups, compress, staging, progress)
                 return
-        plan = [None] * len(groups)
-        if sequential and not asymmetric and not repeated:
             plan = plan_anchors(model, [[t.module for t in g] for g in groups], clock)
         anchor_inputs: tuple[nn.Module | None, Recorded | None] = (None, None)
         for group, anchor in tqdm(

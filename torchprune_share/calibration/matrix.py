@@ -270,7 +270,7 @@ def share_matrix(
         if err < best[0]:
             best = (err, cb, codes)
     assert best is not None
-    logger.debug("sharing output error %.4g (k-means alone: see debug above)", best[0])
+    logger.debug("sharing output error %.4g", best[0])
     return best[1], best[2]
 
 

@@ -153,20 +153,19 @@ def codebook_sweep(
             c1 = torch.empty(w1.shape, dtype=torch.int64)
             _sweep_block(w1, u1, table, mids, keep[:, i1:i2], c1, err1)
             codes[:, i1:i2] = c1
-            work[:, i2:] -= err1 @ u[i1:i2, i2:]
-            continue
-        for j in range(i2 - i1):
-            col = w1[:, j]
-            # searchsorted(side="left") on the midpoints: ties to the lower centroid, as
-            # nearest_codes.
-            c = torch.searchsorted(mids, col.unsqueeze(1).contiguous()).squeeze(1)
-            q = table.gather(1, c.unsqueeze(1)).squeeze(1)
-            kept = keep[:, i1 + j]
-            q = torch.where(kept, q, q.new_zeros(()))
-            codes[:, i1 + j] = torch.where(kept, c, -1)
-            err = (col - q) / u1[j, j]
-            w1[:, j:] -= err.unsqueeze(1) * u1[j, j:].unsqueeze(0)
-            err1[:, j] = err
+        else:
+            for j in range(i2 - i1):
+                col = w1[:, j]
+                # searchsorted(side="left") on the midpoints: ties to the lower centroid, as
+                # nearest_codes.
+                c = torch.searchsorted(mids, col.unsqueeze(1).contiguous()).squeeze(1)
+                q = table.gather(1, c.unsqueeze(1)).squeeze(1)
+                kept = keep[:, i1 + j]
+                q = torch.where(kept, q, q.new_zeros(()))
+                codes[:, i1 + j] = torch.where(kept, c, -1)
+                err = (col - q) / u1[j, j]
+                w1[:, j:] -= err.unsqueeze(1) * u1[j, j:].unsqueeze(0)
+                err1[:, j] = err
         work[:, i2:] -= err1 @ u[i1:i2, i2:]
     return codes
 
@@ -230,16 +229,14 @@ def prune_sweep(
         if fast:
             none = w1.new_empty(w1.shape[0], 0)
             _sweep_block(w1, u1, none, none, keep1, torch.empty(w1.shape, dtype=torch.int64), err1)
-            work[:, i1:i2] = w1
-            work[:, i2:] -= err1 @ u[i1:i2, i2:]
-            continue
-        for j in range(i2 - i1):
-            col = w1[:, j]
-            q = torch.where(keep1[:, j], col, col.new_zeros(()))
-            err = (col - q) / u1[j, j]
-            w1[:, j:] -= err.unsqueeze(1) * u1[j, j:].unsqueeze(0)
-            w1[:, j] = q
-            err1[:, j] = err
+        else:
+            for j in range(i2 - i1):
+                col = w1[:, j]
+                q = torch.where(keep1[:, j], col, col.new_zeros(()))
+                err = (col - q) / u1[j, j]
+                w1[:, j:] -= err.unsqueeze(1) * u1[j, j:].unsqueeze(0)
+                w1[:, j] = q
+                err1[:, j] = err
         work[:, i1:i2] = w1
         work[:, i2:] -= err1 @ u[i1:i2, i2:]
     return new_keep, torch.where(new_keep, work, work.new_zeros(()))
