@@ -78,6 +78,17 @@ def _mode(monkeypatch, mode: str) -> None:
         )
 
 
+def _compress(how: str, model: nn.Module, data, forward, **kw) -> None:
+    if how == "share":
+        Quantizer(dict.fromkeys(BLOCK_WEIGHTS, 3), granularity="per_channel").quantize(
+            model, data, forward=forward, progress=False, **kw
+        )
+    else:
+        LevelPruner(dict.fromkeys(BLOCK_WEIGHTS, 0.5)).prune(
+            model, calibration=data, forward=forward, progress=False, **kw
+        )
+
+
 @pytest.mark.parametrize("how", ["share", "prune"])
 def test_lockstep_and_replay_give_the_same_result_with_fewer_forwards(how, monkeypatch):
     data = _data()
@@ -86,14 +97,7 @@ def test_lockstep_and_replay_give_the_same_result_with_fewer_forwards(how, monke
         _mode(monkeypatch, mode)
         model = _net()
         calls: list = []
-        if how == "share":
-            Quantizer(dict.fromkeys(BLOCK_WEIGHTS, 3), granularity="per_channel").quantize(
-                model, data, forward=_counting(calls), progress=False
-            )
-        else:
-            LevelPruner(dict.fromkeys(BLOCK_WEIGHTS, 0.5)).prune(
-                model, calibration=data, forward=_counting(calls), progress=False
-            )
+        _compress(how, model, data, _counting(calls), asymmetric=False)
         with torch.no_grad():
             results[mode] = torch.cat([model(**b).flatten() for b in data])
         forwards[mode] = len(calls)
@@ -106,6 +110,60 @@ def test_lockstep_and_replay_give_the_same_result_with_fewer_forwards(how, monke
         "replay": 1 + 4 * len(data),
         "plain": 1 + 16 * len(data),
     }
+
+
+@pytest.mark.parametrize("how", ["share", "prune"])
+def test_asymmetric_lockstep_equals_the_per_group_forwards_beside_the_original(how, monkeypatch):
+    # Lockstep runs every batch through the model and a dense copy, paused together; the
+    # per-group path (layers called more than once) runs a forward per group and batch
+    # twice, the second with the original values shown: the same statistics.
+    data = _data()
+    results, forwards = {}, {}
+    real_discover = engine._discover
+    for mode in ("lockstep", "per-group"):
+        if mode == "per-group":
+            monkeypatch.setattr(
+                engine, "_discover", lambda *a: (lambda g, r, c: (g, True, c))(*real_discover(*a))
+            )
+        model = _net()
+        calls: list = []
+        _compress(how, model, data, _counting(calls))
+        with torch.no_grad():
+            results[mode] = torch.cat([model(**b).flatten() for b in data])
+        forwards[mode] = len(calls)
+    assert torch.equal(results["lockstep"], results["per-group"])
+    # 16 groups: the first group sees no staged layer yet, so runs no dense forward.
+    assert forwards == {"lockstep": 1 + 2 * len(data), "per-group": 1 + 31 * len(data)}
+
+
+def test_asymmetric_fits_the_dense_outputs_better_and_falls_back_beyond_the_lockstep(
+    monkeypatch, caplog
+):
+    # Fitting each layer to the dense model's outputs corrects the earlier layers' errors:
+    # the compressed model's outputs end closer to the dense ones.
+    g = torch.Generator().manual_seed(5)
+    data = [
+        {"x": torch.randn(8, 6, 8, generator=g), "mask": torch.zeros(8, 1, 6)} for _ in range(6)
+    ]
+    dense = _net()
+    with torch.no_grad():
+        ref = torch.cat([dense(**b).flatten() for b in data])
+    err = {}
+    for asym in (False, True):
+        model = _net()
+        _compress("prune", model, data, None, asymmetric=asym)
+        with torch.no_grad():
+            err[asym] = float((torch.cat([model(**b).flatten() for b in data]) - ref).norm())
+    assert err[True] < err[False]
+    monkeypatch.setattr(engine, "LOCKSTEP_MAX_BATCHES", 2)
+    model = _net()
+    with caplog.at_level("INFO", logger=engine.__name__):
+        _compress("prune", model, data, None, asymmetric=True)
+    assert "each layer is fitted to its own outputs" in caplog.text
+    plain = _net()
+    _compress("prune", plain, data, None, asymmetric=False)
+    for p, r in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(p, r)
 
 
 def test_plan_uses_the_blocks_and_skips_what_it_cannot_replay():
@@ -220,7 +278,9 @@ def test_lockstep_with_forwards_that_skip_a_group(monkeypatch):
         _mode(monkeypatch, mode)
         torch.manual_seed(0)
         model = Branchy()
-        Quantizer({"*": 3}, granularity="per_channel").quantize(model, data, progress=False)
+        Quantizer({"*": 3}, granularity="per_channel").quantize(
+            model, data, progress=False, asymmetric=False
+        )
         results[mode] = [v.clone() for v in model.state_dict().values()]
     for a, b in zip(results["lockstep"], results["plain"], strict=True):
         assert torch.equal(a, b)

@@ -135,7 +135,7 @@ class LevelPruner:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
-        asymmetric: bool = False,
+        asymmetric: bool = True,
         strict: bool = True,
         progress: bool = True,
     ) -> dict[str, float]:

@@ -167,7 +167,7 @@ class Quantizer:
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
-        asymmetric: bool = False,
+        asymmetric: bool = True,
         strict: bool = True,
         progress: bool = True,
         refits: int = 1,
@@ -209,8 +209,12 @@ class Quantizer:
                 already shared (GPTQ-style); else one pass records all (faster, holds
                 every layer's ``H`` at once). Default: True.
             asymmetric (bool): with ``sequential``, fit each layer to the dense model's
-                outputs rather than its own on the compressed inputs (runs each batch
-                twice). Default: False.
+                outputs on the dense inputs rather than to its own on the compressed
+                inputs, so it also corrects the earlier layers' errors (GPTAQ-style,
+                regularised towards the layer's weight). Every batch also runs through a
+                dense copy of the model, paused beside it: twice the model's memory,
+                one more forward per batch. Off beyond 128 batches, with a log line.
+                Default: True.
             strict (bool): ``ValueError`` for a target no batch reaches; with False it is
                 shared data-free, with a log line. Default: True.
             progress (bool): a progress bar over the layer groups. Default: True.

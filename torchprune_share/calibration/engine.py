@@ -15,6 +15,7 @@ value is undone at the end, also when anything raises.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -223,7 +224,12 @@ class _Recorder:
             if t.kind == COUNTS:
                 out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
             else:
-                out[id(t)] = Statistics(hessian=a.hessian(), cross=a.cross(), mean=a.mean())
+                out[id(t)] = Statistics(
+                    hessian=a.hessian(),
+                    cross=a.cross(),
+                    mean=a.mean(),
+                    reference_mean=a.reference_mean(),
+                )
         return out
 
 
@@ -343,6 +349,22 @@ def _compress_group(
                 staging.stage(t.module, name, other)
 
 
+def _same_statistics(group: list[Target]) -> list[Target]:
+    """The targets of a lockstep group whose statistics another one's equal.
+
+    Every layer of a group reads the same input; ``nn.Linear`` layers (attention's query,
+    key and value) then have the same ``H``: it is gathered, centred and factorised once.
+    """
+    firsts: list[Target] = []
+    same: list[Target] = []
+    for t in group:
+        if t.kind != COUNTS and type(t.module) is nn.Linear and firsts:
+            same.append(t)
+        elif t.kind != COUNTS and type(t.module) is nn.Linear:
+            firsts.append(t)
+    return same
+
+
 def _lockstep(
     model: nn.Module,
     batches: list[Any],
@@ -351,31 +373,55 @@ def _lockstep(
     compress: Compress,
     staging: Staging,
     progress: bool,
+    dense: nn.Module | None = None,
 ) -> None:
-    """Sequential calibration with every batch's forward run once (:mod:`.lockstep`)."""
+    """Sequential calibration with every batch's forward run once (:mod:`.lockstep`).
+
+    With ``dense`` (an untouched copy of ``model``, for ``asymmetric``) every batch also
+    runs through the copy, paused at the same groups: its inputs are the references of
+    the cross term.
+    """
     masks = [padding_mask(b) for b in batches]
     bar = tqdm(total=len(groups), desc="calibrating", disable=not progress, leave=False)
+    modules = [[t.module for t in g] for g in groups]
+    runs: list[tuple[nn.Module, Any]] = [(model, b) for b in batches]
+    if dense is not None:
+        names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        twin = dict(dense.named_modules(remove_duplicate=False))
+        modules = [ms + [twin[names[id(m)]] for m in ms] for ms in modules]
+        runs += [(dense, b) for b in batches]
 
     def on_group(gi: int, paused: Paused) -> None:
         group = groups[gi]
-        rec = _Recorder(group, early_stop=False, staging=None)
-        for b, x in enumerate(paused.inputs):  # in batch order: the sums are deterministic
-            if x is None:
+        same = _same_statistics(group)
+        gathered = [t for t in group if t not in same]
+        rec = _Recorder(gathered, early_stop=False, staging=None)
+        # Before anything is staged the dense inputs are the model's own: no cross term.
+        refs = dense is not None and len(staging) > 0
+        for b, x in enumerate(paused.inputs[: len(batches)]):  # in batch order: deterministic
+            ref = paused.inputs[len(batches) + b] if refs else None
+            if x is None or (refs and ref is None):
                 continue
             rec.mask = masks[b]
-            for t in group:
+            if ref is not None:
+                rec.mode = "dense"
+                for t in gathered:
+                    rec._add(t, t.module, ref)
+                rec.mode = "staged"
+            for t in gathered:
                 rec._add(t, t.module, x)
-        _compress_group(group, rec.statistics(), compress, staging)
+        stats = rec.statistics()
+        first = next(
+            (t for t in gathered if type(t.module) is nn.Linear and t.kind != COUNTS), None
+        )
+        for t in same:
+            if first is not None and id(first) in stats:
+                stats[id(t)] = stats[id(first)]
+        _compress_group(group, stats, compress, staging)
         bar.update()
 
     try:
-        run_lockstep(
-            batches,
-            lambda b: forward(model, b),
-            [[t.module for t in g] for g in groups],
-            _hook_input,
-            on_group,
-        )
+        run_lockstep(runs, lambda r: forward(*r), modules, _hook_input, on_group)
     finally:
         bar.close()
 
@@ -402,7 +448,7 @@ def calibrate(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     algorithm: str = "hessian",
     sequential: bool = True,
-    asymmetric: bool = False,
+    asymmetric: bool = True,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
@@ -422,7 +468,9 @@ def calibrate(
         sequential (bool): record each group after the earlier ones are compressed.
         asymmetric (bool): with ``sequential``, fit each layer to the dense model's
             outputs (not to its own on the compressed inputs), so it also corrects the
-            errors of the earlier layers; runs every batch twice.
+            errors of the earlier layers; every batch also runs through a dense copy of
+            the model (twice the model's memory). Beyond
+            :data:`LOCKSTEP_MAX_BATCHES` batches it is turned off, with a log line.
         strict (bool): a target no batch reaches raises ``ValueError``; else it is
             compressed data-free, with a log line.
         progress (bool): show a tqdm bar over the layer groups.
@@ -455,13 +503,23 @@ def calibrate(
     try:
         # Chained: each group's inputs come from the compressed groups before it, and a
         # forward can be paused (or replayed from a block) at each group.
-        chained = sequential and not asymmetric and not repeated
+        chained = sequential and not repeated
         plan: list[nn.Module | None] = [None] * len(groups)
+        batch_list = list(batches)
+        if chained and len(batch_list) <= LOCKSTEP_MAX_BATCHES:
+            # The dense references come from a copy, paused beside the model.
+            dense = copy.deepcopy(model) if asymmetric else None
+            _lockstep(model, batch_list, forward, groups, compress, staging, progress, dense)
+            return
+        if chained and asymmetric:
+            logger.info(
+                "asymmetric calibration runs the forwards in lockstep beside a dense copy, "
+                "for at most %d batches; with %d, each layer is fitted to its own outputs",
+                LOCKSTEP_MAX_BATCHES,
+                len(batch_list),
+            )
+            asymmetric = False
         if chained:
-            batch_list = list(batches)
-            if len(batch_list) <= LOCKSTEP_MAX_BATCHES:
-                _lockstep(model, batch_list, forward, groups, compress, staging, progress)
-                return
             plan = plan_anchors(model, [[t.module for t in g] for g in groups], clock)
         anchor_inputs: tuple[nn.Module | None, Recorded | None] = (None, None)
         for group, anchor in tqdm(
