@@ -16,7 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from torchprune_share.calibration.hessian import HessianAccumulator, inverse_cholesky
-from torchprune_share.calibration.matrix import Statistics, prune_matrix, share_matrix
+from torchprune_share.calibration.matrix import (
+    Statistics,
+    dense_target,
+    prune_matrix,
+    share_matrix,
+)
 from torchprune_share.calibration.refit import refit_codebook, sort_codebook
 from torchprune_share.calibration.sweep import (
     codebook_sweep,
@@ -255,6 +260,56 @@ def test_hessian_accumulator_is_mean_outer_product():
         acc.add(chunk)
     assert acc.count == 50
     torch.testing.assert_close(acc.hessian(), x.T @ x / 50, rtol=1e-5, atol=1e-4)
+
+
+def test_hessian_accumulator_cross_term_and_reference_mean():
+    x = _correlated_inputs(50, 6, 1)
+    ref = x + 0.1 * _correlated_inputs(50, 6, 2)
+    acc = HessianAccumulator(6)
+    for a, r in zip(x.split(7), ref.split(7)):
+        acc.add(a, r)
+    torch.testing.assert_close(acc.cross(), ref.T @ x / 50, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(acc.reference_mean(), ref.mean(0), rtol=1e-5, atol=1e-5)
+    assert HessianAccumulator(6).reference_mean() is None
+
+
+def test_dense_target_is_the_regression_onto_the_dense_outputs_regularised_towards_w():
+    # Compressed-model inputs x̃ differ from the dense ones x; W' fits W x from x̃.
+    x = _correlated_inputs(400, 6, 3).to(F64)
+    xt = x + 0.2 * _correlated_inputs(400, 6, 4).to(F64)
+    w = torch.randn(3, 6, generator=torch.Generator().manual_seed(5), dtype=F64)
+    h, cross = xt.T @ xt / 400, x.T @ xt / 400
+    stats = Statistics(hessian=h.float(), cross=cross.float())
+    for damping in (1e-6, 0.1, 1.0):
+        lam = damping * float(torch.diagonal(h).mean())
+        # argmin_Q ||W X - Q X̃||² + λ n ||Q - W||²
+        a = torch.cat([xt, (lam * 400) ** 0.5 * torch.eye(6, dtype=F64)])
+        b = torch.cat([x @ w.T, (lam * 400) ** 0.5 * w.T])
+        expected = torch.linalg.lstsq(a, b).solution.T
+        got = dense_target(w.float(), stats, damping).to(F64)
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+    # Without a cross term the target is W itself.
+    assert torch.equal(dense_target(w.float(), Statistics(hessian=h.float()), 0.1), w.float())
+
+
+def test_centered_statistics_with_a_dense_reference():
+    x = _correlated_inputs(300, 5, 6).to(F64) + 1.0
+    ref = x + 0.3
+    h, cross = x.T @ x / 300, ref.T @ x / 300
+    s = Statistics(
+        hessian=h.float(),
+        cross=cross.float(),
+        mean=x.mean(0).float(),
+        reference_mean=ref.mean(0).float(),
+    )
+    c = s.centered()
+    xc, rc = x - x.mean(0), ref - ref.mean(0)
+    torch.testing.assert_close(c.hessian.to(F64), xc.T @ xc / 300, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c.cross.to(F64), rc.T @ xc / 300, rtol=1e-4, atol=1e-4)
+    assert s.centered() is c  # computed once: layers sharing the statistics share it
+    # A cross term without the reference mean cannot be centred.
+    u = Statistics(hessian=h.float(), cross=cross.float(), mean=x.mean(0).float())
+    assert u.centered() is u
 
 
 @pytest.mark.parametrize("damping", [0.01, 0.1, 1.0])
