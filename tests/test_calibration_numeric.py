@@ -262,14 +262,15 @@ def test_hessian_accumulator_is_mean_outer_product():
     torch.testing.assert_close(acc.hessian(), x.T @ x / 50, rtol=1e-5, atol=1e-4)
 
 
-def test_hessian_accumulator_cross_term():
+def test_hessian_accumulator_cross_term_and_reference_mean():
     x = _correlated_inputs(50, 6, 1)
     ref = x + 0.1 * _correlated_inputs(50, 6, 2)
     acc = HessianAccumulator(6)
     for a, r in zip(x.split(7), ref.split(7)):
         acc.add(a, r)
     torch.testing.assert_close(acc.cross(), ref.T @ x / 50, rtol=1e-5, atol=1e-4)
-    assert HessianAccumulator(6).cross() is None
+    torch.testing.assert_close(acc.reference_mean(), ref.mean(0), rtol=1e-5, atol=1e-5)
+    assert HessianAccumulator(6).reference_mean() is None
 
 
 def test_dense_target_is_the_regression_onto_the_dense_outputs_regularised_towards_w():
@@ -291,15 +292,23 @@ def test_dense_target_is_the_regression_onto_the_dense_outputs_regularised_towar
     assert torch.equal(dense_target(w.float(), Statistics(hessian=h.float()), 0.1), w.float())
 
 
-def test_centered_statistics_are_computed_once_and_not_with_a_cross_term():
+def test_centered_statistics_with_a_dense_reference():
     x = _correlated_inputs(300, 5, 6).to(F64) + 1.0
-    h = x.T @ x / 300
-    s = Statistics(hessian=h.float(), mean=x.mean(0).float())
+    ref = x + 0.3
+    h, cross = x.T @ x / 300, ref.T @ x / 300
+    s = Statistics(
+        hessian=h.float(),
+        cross=cross.float(),
+        mean=x.mean(0).float(),
+        reference_mean=ref.mean(0).float(),
+    )
     c = s.centered()
-    xc = x - x.mean(0)
+    xc, rc = x - x.mean(0), ref - ref.mean(0)
     torch.testing.assert_close(c.hessian.to(F64), xc.T @ xc / 300, rtol=1e-4, atol=1e-4)
-    assert s.centered() is c  # layers sharing the statistics share it
-    u = Statistics(hessian=h.float(), cross=h.float(), mean=x.mean(0).float())
+    torch.testing.assert_close(c.cross.to(F64), rc.T @ xc / 300, rtol=1e-4, atol=1e-4)
+    assert s.centered() is c  # computed once: layers sharing the statistics share it
+    # A cross term without the reference mean cannot be centred.
+    u = Statistics(hessian=h.float(), cross=cross.float(), mean=x.mean(0).float())
     assert u.centered() is u
 
 

@@ -224,7 +224,12 @@ class _Recorder:
             if t.kind == COUNTS:
                 out[id(t)] = Statistics(importance=a.unsqueeze(1).expand(t.module.weight.shape))
             else:
-                out[id(t)] = Statistics(hessian=a.hessian(), cross=a.cross(), mean=a.mean())
+                out[id(t)] = Statistics(
+                    hessian=a.hessian(),
+                    cross=a.cross(),
+                    mean=a.mean(),
+                    reference_mean=a.reference_mean(),
+                )
         return out
 
 

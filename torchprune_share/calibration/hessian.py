@@ -41,6 +41,7 @@ class HessianAccumulator:
     def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
         self.sum = torch.zeros(dim, dim, dtype=torch.float32, device=device)
         self.cross_sum: Tensor | None = None
+        self.reference_sum: Tensor | None = None
         self.row_sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.count = 0
 
@@ -57,9 +58,11 @@ class HessianAccumulator:
         self.row_sum += x.sum(0, dtype=torch.float64)
         if reference is not None:
             r = reference.detach().reshape(x.shape).to(x.device, torch.float32)
-            if self.cross_sum is None:
+            if self.cross_sum is None or self.reference_sum is None:
                 self.cross_sum = torch.zeros_like(self.sum)
+                self.reference_sum = torch.zeros_like(self.row_sum)
             self.cross_sum.addmm_(r.T, x)
+            self.reference_sum += r.sum(0, dtype=torch.float64)
         self.count += x.shape[0]
 
     def hessian(self) -> Tensor:
@@ -69,6 +72,12 @@ class HessianAccumulator:
     def mean(self) -> Tensor:
         """The mean input row (float32)."""
         return (self.row_sum / max(self.count, 1)).to(torch.float32)
+
+    def reference_mean(self) -> Tensor | None:
+        """The mean reference row (float32) when references were given, else ``None``."""
+        if self.reference_sum is None:
+            return None
+        return (self.reference_sum / max(self.count, 1)).to(torch.float32)
 
     def cross(self) -> Tensor | None:
         """``(1/n) Σ x_ref xᵀ`` when references were given, else ``None``."""

@@ -51,12 +51,14 @@ class Statistics:
         cross: ``(C, C)`` ``(1/n) Σ x x̃ᵀ`` with ``x`` the dense model's inputs for the
             same tokens, or ``None`` (then ``x̃ = x``).
         mean: ``(C,)`` the mean input ``x̃``, or ``None``.
+        reference_mean: ``(C,)`` the mean dense input ``x`` (with ``cross``), or ``None``.
     """
 
     hessian: Tensor | None = None
     importance: Tensor | None = None
     cross: Tensor | None = None
     mean: Tensor | None = None
+    reference_mean: Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def cached(self, key: object, make: Callable[[], Any]) -> Any:
@@ -76,19 +78,28 @@ class Statistics:
 
         With a free bias ``b``, ``min_δ Σ_t ‖Δ x_t − δ‖²`` is ``tr(Δ Σ Δᵀ)`` with the input
         covariance ``Σ = H − μ μᵀ``, reached at ``δ = Δ μ`` (bias correction, Nagel et
-        al. 2019): the sweep then spends its codes on what the bias cannot fix.
+        al. 2019): the sweep then spends its codes on what the bias cannot fix. With
+        ``cross`` (fitting the dense outputs) the cross term is centred too,
+        ``C − μ_ref μᵀ``, and the bias takes ``W μ_ref − Q μ``.
 
         Example:
             >>> s = Statistics(hessian=torch.tensor([[2.0]]), mean=torch.tensor([1.0]))
             >>> s.centered().hessian
             tensor([[1.]])
         """
-        if self.hessian is None or self.mean is None or self.cross is not None:
+        if self.hessian is None or self.mean is None:
+            return self
+        if self.cross is not None and self.reference_mean is None:
             return self
 
         def make() -> Statistics:
             mu = self.mean.to(self.hessian.dtype)
-            return Statistics(self.hessian - torch.outer(mu, mu), self.importance, None, self.mean)
+            h = self.hessian - torch.outer(mu, mu)
+            if self.cross is None:
+                return Statistics(h, self.importance, None, self.mean)
+            ref = self.reference_mean.to(self.hessian.dtype)
+            cross = self.cross - torch.outer(ref, mu)
+            return Statistics(h, self.importance, cross, self.mean, self.reference_mean)
 
         return self.cached("centered", make)
 
