@@ -183,8 +183,7 @@ class Quantizer:
         codebooks by k-means weighted with ``diag H`` (``H = Σ x xᵀ`` of the layer's
         inputs), assigns codes in a GPTQ-class column sweep (each column's error fed
         through ``H⁻¹`` into the columns not yet done), refits the centroids by least
-        squares under ``H``, and (with ``asymmetric=False``, or for layers before
-        anything is compressed) lets a layer's free bias absorb the mean output error
+        squares under ``H``, and lets a layer's free bias absorb the mean output error
         (bias correction); ``"diagonal"`` is k-means weighted by ``diag H`` alone;
         ``"fisher"`` is k-means weighted by ``Σ g²`` of ``loss_fn`` (SqueezeLLM). This
         applies to ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (inputs unfolded; grouped
