@@ -349,20 +349,14 @@ def _compress_group(
                 staging.stage(t.module, name, other)
 
 
-def _same_statistics(group: list[Target]) -> list[Target]:
-    """The targets of a lockstep group whose statistics another one's equal.
+def _linear(group: list[Target]) -> list[Target]:
+    """The ``nn.Linear`` targets of a lockstep group.
 
-    Every layer of a group reads the same input; ``nn.Linear`` layers (attention's query,
-    key and value) then have the same ``H``: it is gathered, centred and factorised once.
+    Every layer of a group reads the same input, so these (attention's query, key and
+    value) have the same ``H``: it is gathered, centred and factorised once, for the
+    first of them.
     """
-    firsts: list[Target] = []
-    same: list[Target] = []
-    for t in group:
-        if t.kind != COUNTS and type(t.module) is nn.Linear and firsts:
-            same.append(t)
-        elif t.kind != COUNTS and type(t.module) is nn.Linear:
-            firsts.append(t)
-    return same
+    return [t for t in group if t.kind != COUNTS and type(t.module) is nn.Linear]
 
 
 def _lockstep(
@@ -393,7 +387,7 @@ def _lockstep(
 
     def on_group(gi: int, paused: Paused) -> None:
         group = groups[gi]
-        same = _same_statistics(group)
+        first, *same = _linear(group) or [None]
         gathered = [t for t in group if t not in same]
         rec = _Recorder(gathered, early_stop=False, staging=None)
         # Before anything is staged the dense inputs are the model's own: no cross term.
@@ -411,12 +405,8 @@ def _lockstep(
             for t in gathered:
                 rec._add(t, t.module, x)
         stats = rec.statistics()
-        first = next(
-            (t for t in gathered if type(t.module) is nn.Linear and t.kind != COUNTS), None
-        )
-        for t in same:
-            if first is not None and id(first) in stats:
-                stats[id(t)] = stats[id(first)]
+        if first is not None and id(first) in stats:
+            stats.update(dict.fromkeys(map(id, same), stats[id(first)]))
         _compress_group(group, stats, compress, staging)
         bar.update()
 
