@@ -73,6 +73,14 @@ class Statistics:
             self._cache[key] = make()
         return self._cache[key]
 
+    @property
+    def centerable(self) -> bool:
+        """Whether a free bias can take over the mean output error (:meth:`centered`):
+        the means are known (the dense one too, with ``cross``)."""
+        if self.hessian is None or self.mean is None:
+            return False
+        return self.cross is None or self.reference_mean is not None
+
     def centered(self) -> Statistics:
         r"""The statistics of a layer whose bias absorbs the mean output error.
 
@@ -87,9 +95,7 @@ class Statistics:
             >>> s.centered().hessian
             tensor([[1.]])
         """
-        if self.hessian is None or self.mean is None:
-            return self
-        if self.cross is not None and self.reference_mean is None:
+        if not self.centerable:
             return self
 
         def make() -> Statistics:
