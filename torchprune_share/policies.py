@@ -136,6 +136,8 @@ class LevelPruner:
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
         asymmetric: bool = True,
+        augment: int = 2,
+        augment_seed: int = 0,
         strict: bool = True,
         progress: bool = True,
     ) -> dict[str, float]:
@@ -160,8 +162,8 @@ class LevelPruner:
                 Default: False (keep masks, prune only what the target adds).
             step (int, optional): the training step for schedules; default the last step
                 given (0 at first).
-            calibration, forward, loss_fn, sequential, asymmetric, strict, progress: as in
-                :meth:`~torchprune_share.Quantizer.quantize`.
+            calibration, forward, loss_fn, sequential, asymmetric, augment, augment_seed,
+                strict, progress: as in :meth:`~torchprune_share.Quantizer.quantize`.
 
         Returns:
             ``{name: target sparsity}`` at this step.
@@ -220,6 +222,8 @@ class LevelPruner:
                 loss_fn=loss_fn,
                 sequential=sequential,
                 asymmetric=asymmetric,
+                augment=augment,
+                augment_seed=augment_seed,
                 strict=strict,
                 progress=progress,
             )

@@ -168,6 +168,8 @@ class Quantizer:
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = True,
         asymmetric: bool = True,
+        augment: int = 2,
+        augment_seed: int = 0,
         strict: bool = True,
         progress: bool = True,
         refits: int = 1,
@@ -215,6 +217,15 @@ class Quantizer:
                 dense copy of the model, paused beside it: twice the model's memory,
                 one more forward per batch. Off beyond 128 batches, with a log line.
                 Default: True.
+            augment (int): for token models (a mapping with integer ``input_ids``, or an
+                integer ``(B, T)`` tensor), calibrate also on this many synthetic
+                sequences per real one: same lengths and first/last tokens, the others
+                drawn from the calibration tokens. A few dozen sentences leave the fit
+                close to exact on them and poor on others; the synthetic ones cut that
+                gap (about a third of the 3-bit error on a BERT) at ``1 + augment``
+                times the calibration forwards. 0 calibrates on the real batches only;
+                with thousands of real sequences it gains little. Default: 2.
+            augment_seed (int): seed of the synthetic tokens. Default: 0.
             strict (bool): ``ValueError`` for a target no batch reaches; with False it is
                 shared data-free, with a log line. Default: True.
             progress (bool): a progress bar over the layer groups. Default: True.
@@ -253,6 +264,8 @@ class Quantizer:
                 loss_fn=loss_fn,
                 sequential=sequential,
                 asymmetric=asymmetric,
+                augment=augment,
+                augment_seed=augment_seed,
                 strict=strict,
                 progress=progress,
             )

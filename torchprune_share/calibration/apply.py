@@ -192,7 +192,7 @@ def share_calibrated(
 
     All requests use one ``algorithm`` (their configs'); ``engine`` holds the keywords of
     :func:`~torchprune_share.calibration.engine.calibrate` (``forward``, ``loss_fn``,
-    ``sequential``, ``asymmetric``, ``strict``, ``progress``). Nothing changes in the
+    ``sequential``, ``asymmetric``, ``augment``, ``strict``, ``progress``). Nothing changes in the
     model unless every tensor was computed.
 
     Example:

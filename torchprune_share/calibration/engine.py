@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from ..state import TensorState
+from .augment import synthetic_batches, token_ids
 from .hessian import HessianAccumulator
 from .layers import COUNTS, input_rows, layer_kind, padding_mask, token_counts
 from .lockstep import Paused, run_lockstep
@@ -416,6 +417,17 @@ def _lockstep(
         bar.close()
 
 
+def _synthetic(batches: list[Any], copies: int, seed: int) -> list[Any]:
+    """The synthetic batches of :mod:`.augment` beside ``batches``, logged."""
+    fake = synthetic_batches(batches, copies, torch.Generator().manual_seed(seed))
+    if copies and not fake:
+        logger.info("augment=%d: no batch holds token ids; calibrating on the real ones", copies)
+    elif fake:
+        rows = sum(int(token_ids(b).shape[0]) for b in fake)  # type: ignore[union-attr]
+        logger.info("augment=%d: %d synthetic sequences in %d batches", copies, rows, len(fake))
+    return fake
+
+
 def _missing(targets: list[Target], reached: set[int], strict: bool, what: str) -> None:
     missing = [t.qualified for t in targets if id(t) not in reached]
     if not missing:
@@ -439,6 +451,8 @@ def calibrate(
     algorithm: str = "hessian",
     sequential: bool = True,
     asymmetric: bool = True,
+    augment: int = 2,
+    augment_seed: int = 0,
     strict: bool = True,
     progress: bool = True,
 ) -> None:
@@ -461,10 +475,20 @@ def calibrate(
             errors of the earlier layers; every batch also runs through a dense copy of
             the model (twice the model's memory). Beyond
             :data:`LOCKSTEP_MAX_BATCHES` batches it is turned off, with a log line.
+        augment (int): for ``"hessian"`` and ``"diagonal"``, synthetic token sequences
+            per real one, their tokens drawn from the calibration tokens
+            (:mod:`.augment`); batches without token ids are not augmented.
+        augment_seed (int): seed of the synthetic tokens.
         strict (bool): a target no batch reaches raises ``ValueError``; else it is
             compressed data-free, with a log line.
         progress (bool): show a tqdm bar over the layer groups.
     """
+    if isinstance(augment, bool) or not isinstance(augment, int):
+        raise TypeError(f"augment must be an int >= 0, got {type(augment).__name__}")
+    if augment < 0:
+        raise ValueError(f"augment must be an int >= 0, got {augment}")
+    if isinstance(augment_seed, bool) or not isinstance(augment_seed, int):
+        raise TypeError(f"augment_seed must be an int, got {type(augment_seed).__name__}")
     forward = forward if forward is not None else default_forward
     batches = as_batches(calibration)
     for t in targets:
@@ -496,7 +520,10 @@ def calibrate(
         chained = sequential and not repeated
         plan: list[nn.Module | None] = [None] * len(groups)
         batch_list = list(batches)
-        if chained and len(batch_list) <= LOCKSTEP_MAX_BATCHES:
+        real = len(batch_list)
+        batch_list += _synthetic(batch_list, augment, augment_seed)
+        batches = batch_list
+        if chained and real <= LOCKSTEP_MAX_BATCHES:
             # The dense references come from a copy, paused beside the model.
             dense = copy.deepcopy(model) if asymmetric else None
             _lockstep(model, batch_list, forward, groups, compress, staging, progress, dense)
@@ -506,7 +533,7 @@ def calibrate(
                 "asymmetric calibration runs the forwards in lockstep beside a dense copy, "
                 "for at most %d batches; with %d, each layer is fitted to its own outputs",
                 LOCKSTEP_MAX_BATCHES,
-                len(batch_list),
+                real,
             )
             asymmetric = False
         if chained:
