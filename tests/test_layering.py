@@ -13,6 +13,7 @@ ROOT = pathlib.Path(torchprune_share.__file__).parent
 NUMERIC_CORE = [
     "kmeans",
     "codec",
+    "calibration/augment.py",
     "calibration/hessian.py",
     "calibration/sweep.py",
     "calibration/refit.py",
