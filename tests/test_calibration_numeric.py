@@ -262,6 +262,18 @@ def test_hessian_accumulator_is_mean_outer_product():
     torch.testing.assert_close(acc.hessian(), x.T @ x / 50, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("dim", [767, 768, 1001])
+def test_hessian_accumulator_of_wide_inputs_is_computed_in_halves_and_symmetric(dim):
+    x = torch.randn(90, dim, generator=torch.Generator().manual_seed(dim))
+    acc = HessianAccumulator(dim)
+    for chunk in x.split(40):
+        acc.add(chunk)
+    h = acc.hessian()
+    torch.testing.assert_close(h, (x.double().T @ x.double() / 90).float(), rtol=1e-4, atol=1e-4)
+    if dim >= 768:  # the blocked path mirrors one triangle: exactly symmetric
+        assert torch.equal(h, h.T)
+
+
 def test_hessian_accumulator_cross_term_and_reference_mean():
     x = _correlated_inputs(50, 6, 1)
     ref = x + 0.1 * _correlated_inputs(50, 6, 2)

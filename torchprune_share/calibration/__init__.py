@@ -11,6 +11,8 @@ they run. Layers, from the bottom:
   on one 2-D weight.
 * :mod:`.layers`: what a ``Linear``/``Conv``/``Embedding`` looks like as a matrix and
   its inputs as rows.
+* :mod:`.augment`: synthetic token sequences drawn from the calibration tokens, beside
+  the real batches (``augment=``), so that a few dozen sentences generalise better.
 * :mod:`.staging`, :mod:`.engine`: the calibration pass over a model (hooks, layer
   groups in execution order, sequential rounds with staged values, Fisher by autograd),
   leaving the model as it was.
