@@ -221,10 +221,10 @@ class Quantizer:
                 integer ``(B, T)`` tensor), calibrate also on this many synthetic
                 sequences per real one: same lengths and first/last tokens, the others
                 drawn from the calibration tokens. A few dozen sentences leave the fit
-                close to exact on them and poor on others; the synthetic ones cut that
-                gap (about a third of the 3-bit error on a BERT) at ``1 + augment``
-                times the calibration forwards. 0 calibrates on the real batches only;
-                with thousands of real sequences it gains little. Default: 2.
+                close to exact on them and poor on others; the synthetic ones cut the
+                3-bit output error of the BERTs measured by 16-23 %, at ``1 + augment``
+                times the calibration forwards. 0 calibrates on the real batches only
+                (cheaper when real sequences are plenty). Default: 2.
             augment_seed (int): seed of the synthetic tokens. Default: 0.
             strict (bool): ``ValueError`` for a target no batch reaches; with False it is
                 shared data-free, with a log line. Default: True.
