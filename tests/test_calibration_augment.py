@@ -61,6 +61,17 @@ def test_synthetic_rows_keep_lengths_ends_and_other_inputs_and_draw_only_calibra
     assert torch.equal(real[0]["input_ids"], _bert_batch([3, 8, 1, 5], seed=0)["input_ids"])
 
 
+def test_a_batch_limit_gives_fewer_larger_synthetic_batches_with_the_same_rows():
+    real = [_bert_batch([3, 8, 1, 5], seed=0), _bert_batch([6, 2], seed=1)]
+    free = synthetic_batches(real, 3, torch.Generator().manual_seed(0))
+    capped = synthetic_batches(real, 3, torch.Generator().manual_seed(0), max_batches=2)
+    assert [len(b["input_ids"]) for b in capped] == [12, 6]
+    assert len(free) == 6
+    lengths = sorted(int(n) for b in free for n in b["attention_mask"].sum(1))
+    assert sorted(int(n) for b in capped for n in b["attention_mask"].sum(1)) == lengths
+    assert synthetic_batches(real, 3, max_batches=4)[0]["input_ids"].shape[0] == 6
+
+
 def test_synthetic_tokens_follow_the_seed():
     real = [_bert_batch([6, 9, 4], seed=2)]
     a = synthetic_batches(real, 2, torch.Generator().manual_seed(5))

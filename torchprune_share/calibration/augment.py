@@ -79,7 +79,10 @@ def _take_rows(batch: object, ids: Tensor, rows: Tensor, width: int) -> Any:
 
 
 def synthetic_batches(
-    batches: Sequence[Any], copies: int, generator: torch.Generator | None = None
+    batches: Sequence[Any],
+    copies: int,
+    generator: torch.Generator | None = None,
+    max_batches: int | None = None,
 ) -> list[Any]:
     r"""``copies`` synthetic rows per real row of every token batch, tokens resampled.
 
@@ -93,6 +96,8 @@ def synthetic_batches(
         batches (Sequence): the real calibration batches.
         copies (int): synthetic rows per real row, >= 0.
         generator (torch.Generator, optional): the source of the random tokens.
+        max_batches (int, optional): at most this many synthetic batches (at least one
+            per token batch): the rows are then cut into fewer, larger batches.
 
     Returns:
         The synthetic batches (empty if no batch holds token ids with an interior, or
@@ -121,12 +126,13 @@ def synthetic_batches(
     if pool is None or pool.numel() == 0:
         return []
     out = []
+    cuts = copies if max_batches is None else max(1, min(copies, max_batches // len(found)))
     for batch, ids, real, inner in found:
         b = ids.shape[0]
         rows = torch.arange(b).repeat(copies)
         lengths = real.sum(1).repeat(copies)
         order = torch.argsort(lengths, stable=True)
-        for chunk in order.split(b):
+        for chunk in order.split(-(-b * copies // cuts)):
             picked = rows[chunk]
             real_pos = real.index_select(0, picked.to(real.device))
             width = int(real_pos.any(0).nonzero().max()) + 1 if bool(real_pos.any()) else 1

@@ -418,8 +418,13 @@ def _lockstep(
 
 
 def _synthetic(batches: list[Any], copies: int, seed: int) -> list[Any]:
-    """The synthetic batches of :mod:`.augment` beside ``batches``, logged."""
-    fake = synthetic_batches(batches, copies, torch.Generator().manual_seed(seed))
+    """The synthetic batches of :mod:`.augment` beside ``batches``, logged.
+
+    Each batch is a thread in lockstep: the synthetic ones come in fewer, larger batches
+    where needed to keep the count within :data:`LOCKSTEP_MAX_BATCHES` (or the real count).
+    """
+    limit = max(LOCKSTEP_MAX_BATCHES - len(batches), len(batches))
+    fake = synthetic_batches(batches, copies, torch.Generator().manual_seed(seed), limit)
     if copies and not fake:
         logger.info("augment=%d: no batch holds token ids; calibrating on the real ones", copies)
     elif fake:
