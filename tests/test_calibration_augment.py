@@ -72,6 +72,18 @@ def test_a_batch_limit_gives_fewer_larger_synthetic_batches_with_the_same_rows()
     assert synthetic_batches(real, 3, max_batches=4)[0]["input_ids"].shape[0] == 6
 
 
+def test_a_mapping_type_is_kept():
+    from collections import UserDict
+
+    class Encoding(UserDict):  # as transformers' BatchEncoding: attribute access too
+        def __getattr__(self, name):
+            return self.data[name]
+
+    real = Encoding(_bert_batch([4, 6]))
+    (fake,) = synthetic_batches([real], 1, torch.Generator().manual_seed(0))
+    assert type(fake) is Encoding and fake.input_ids.shape == (2, 8)
+
+
 def test_synthetic_tokens_follow_the_seed():
     real = [_bert_batch([6, 9, 4], seed=2)]
     a = synthetic_batches(real, 2, torch.Generator().manual_seed(5))

@@ -143,7 +143,18 @@ def synthetic_batches(
             fresh[where] = pool[draw].to(fresh.device)
             if isinstance(new, Mapping):
                 new["input_ids"] = fresh
+                out.append(_like(batch, new))
             else:
-                new = fresh
-            out.append(new)
+                out.append(fresh)
     return out
+
+
+def _like(batch: Mapping, values: dict) -> Any:
+    """``values`` as the mapping type of ``batch`` (a ``BatchEncoding`` stays one, so a
+    ``forward`` that reads ``batch.input_ids`` works), else as a dict."""
+    if type(batch) is dict:
+        return values
+    try:
+        return type(batch)(values)
+    except Exception:  # a mapping type that cannot be built from a dict
+        return values
