@@ -130,7 +130,7 @@ def synthetic_batches(
     for batch, ids, real, inner in found:
         b = ids.shape[0]
         rows = torch.arange(b).repeat(copies)
-        lengths = real.sum(1).repeat(copies)
+        lengths = real.sum(1).cpu().repeat(copies)
         order = torch.argsort(lengths, stable=True)
         for chunk in order.split(-(-b * copies // cuts)):
             picked = rows[chunk]
