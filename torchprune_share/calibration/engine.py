@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
+from ..kmeans.validation import check_int
 from ..state import TensorState
 from .augment import synthetic_batches, token_ids
 from .hessian import HessianAccumulator
@@ -488,10 +489,7 @@ def calibrate(
             compressed data-free, with a log line.
         progress (bool): show a tqdm bar over the layer groups.
     """
-    if isinstance(augment, bool) or not isinstance(augment, int):
-        raise TypeError(f"augment must be an int >= 0, got {type(augment).__name__}")
-    if augment < 0:
-        raise ValueError(f"augment must be an int >= 0, got {augment}")
+    augment = check_int("augment", augment, 0)
     if isinstance(augment_seed, bool) or not isinstance(augment_seed, int):
         raise TypeError(f"augment_seed must be an int, got {type(augment_seed).__name__}")
     forward = forward if forward is not None else default_forward
