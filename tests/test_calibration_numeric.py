@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -541,3 +542,31 @@ def test_numba_sweeps_and_refit_match_the_torch_fallback(k, monkeypatch):
     r2_on_c1 = refit_codebook(w, c1, h, cb)
     assert torch.allclose(r1, r2_on_c1, atol=1e-4, rtol=1e-4)
     assert r2.shape == r1.shape
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_refit_equations_are_the_same_on_one_thread_and_on_several(threads, monkeypatch):
+    # One thread takes a serial kernel of its own (no parallel compile in the process).
+    from torchprune_share.calibration import kernels, refit
+
+    if not kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(3)
+    x = _correlated_inputs(300, 40, 3)
+    h = x.T @ x / 300
+    w = torch.randn(12, 40, generator=g)
+    codes = torch.randint(-1, 8, (12, 40), generator=g)
+    serial = kernels.normal_equations(h.numpy(), w.numpy(), codes.numpy(), 8)
+    parallel = kernels.normal_equations_parallel(h.numpy(), w.numpy(), codes.numpy(), 8)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    mats, rhs = refit._normal_equations(w, codes, h, 8)
+    np.testing.assert_array_equal(mats.numpy(), serial[0])
+    np.testing.assert_array_equal(rhs.numpy(), serial[1])
+    # Against the definition: S_rᵀ H S_r with S_r the one-hot of row r's codes.
+    s = (
+        torch.nn.functional.one_hot(codes[5].clamp(min=0), 8).double()
+        * (codes[5] >= 0).double()[:, None]
+    )
+    torch.testing.assert_close(mats[5], s.T @ h.double() @ s, rtol=1e-5, atol=1e-5)

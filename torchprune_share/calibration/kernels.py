@@ -78,33 +78,50 @@ if AVAILABLE:
                 for jj in range(u64(j + 1), u64(width)):
                     wr[jj] -= e * uj[jj]
 
-    @numba.njit(parallel=True, **_jit)
+    @numba.njit(inline="always", **_jit)
+    def _row_equations(h, w, codes, k, r, mats, rhs):
+        # T = S_rᵀ H is k sums of rows of H, one row-add per entry: C² adds where the
+        # product with the one-hot costs k · C².
+        cols = codes.shape[1]
+        t = np.zeros((k, cols), np.float32)
+        for j in range(cols):
+            c = codes[r, j]
+            if c >= 0:
+                for i in range(cols):
+                    t[c, i] += h[j, i]
+        for a in range(k):
+            acc = 0.0
+            for i in range(cols):
+                c = codes[r, i]
+                if c >= 0:
+                    mats[r, a, c] += t[a, i]
+                # Pruned entries are fixed at zero; their target still pulls.
+                acc += np.float64(t[a, i]) * w[r, i]
+            rhs[r, a] = acc
+
+    @numba.njit(**_jit)
     def normal_equations(h, w, codes, k):
         """``(S_rᵀ H S_r, S_rᵀ H w_r)`` of every row in float64, ``S_r`` the one-hot of
-        row ``r``'s codes (``-1``: no centroid).
-
-        ``T = S_rᵀ H`` is ``k`` sums of rows of ``H``, one row-add per entry, so a row
-        costs ``C²`` adds where the product with the one-hot costs ``k · C²``.
+        row ``r``'s codes (``-1``: no centroid). One thread; see
+        :func:`normal_equations_parallel`.
         """
-        rows, cols = codes.shape
+        rows = codes.shape[0]
+        mats = np.zeros((rows, k, k), np.float64)
+        rhs = np.zeros((rows, k), np.float64)
+        for r in range(rows):
+            _row_equations(h, w, codes, k, r, mats, rhs)
+        return mats, rhs
+
+    # A kernel of its own: a parallel one costs 3 s to compile and 0.5 s to load from
+    # numba's cache in each new process, which a one-thread calibration need not pay.
+    @numba.njit(parallel=True, **_jit)
+    def normal_equations_parallel(h, w, codes, k):
+        """:func:`normal_equations` with the rows spread over numba's threads."""
+        rows = codes.shape[0]
         mats = np.zeros((rows, k, k), np.float64)
         rhs = np.zeros((rows, k), np.float64)
         for r in prange(rows):
-            t = np.zeros((k, cols), np.float32)
-            for j in range(cols):
-                c = codes[r, j]
-                if c >= 0:
-                    for i in range(cols):
-                        t[c, i] += h[j, i]
-            for a in range(k):
-                acc = 0.0
-                for i in range(cols):
-                    c = codes[r, i]
-                    if c >= 0:
-                        mats[r, a, c] += t[a, i]
-                    # Pruned entries are fixed at zero; their target still pulls.
-                    acc += np.float64(t[a, i]) * w[r, i]
-                rhs[r, a] = acc
+            _row_equations(h, w, codes, k, r, mats, rhs)
         return mats, rhs
 
-    __all__ += ["normal_equations", "sweep_block"]
+    __all__ += ["normal_equations", "normal_equations_parallel", "sweep_block"]

@@ -26,8 +26,12 @@ _ROW_CHUNK_ELEMS = 1 << 21
 def _normal_equations(w: Tensor, codes: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``(S_rᵀ H S_r, S_rᵀ H w_r)`` for every row, in float64."""
     if kernels.AVAILABLE and w.device.type == "cpu":
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        mats, rhs = kernels.normal_equations(
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        kernel = kernels.normal_equations
+        if threads > 1:
+            numba.set_num_threads(threads)
+            kernel = kernels.normal_equations_parallel
+        mats, rhs = kernel(
             h.to(torch.float32).contiguous().numpy(),
             w.to(torch.float32).contiguous().numpy(),
             codes.contiguous().numpy(),
