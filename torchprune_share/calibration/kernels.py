@@ -112,8 +112,9 @@ if AVAILABLE:
             _row_equations(h, w, codes, k, r, mats, rhs)
         return mats, rhs
 
-    # A kernel of its own: a parallel one costs 3 s to compile and 0.5 s to load from
-    # numba's cache in each new process, which a one-thread calibration need not pay.
+    # A kernel of its own: compiling the parallel one costs 2-3 s on a fresh install (the
+    # serial one 0.7 s; benchmarks/results/calibration_startup.txt), which a one-thread
+    # calibration need not pay.
     @numba.njit(parallel=True, **_jit)
     def normal_equations_parallel(h, w, codes, k):
         """:func:`normal_equations` with the rows spread over numba's threads."""
