@@ -114,7 +114,8 @@ if AVAILABLE:
 
     # A kernel of its own: compiling the parallel one costs 2-3 s on a fresh install (the
     # serial one 0.7 s; benchmarks/results/calibration_startup.txt), which a one-thread
-    # calibration need not pay.
+    # calibration need not pay. Two functions, not one compiled twice: numba's cache key
+    # (the bytecode and the signature, not the flags) would let either load the other.
     @numba.njit(parallel=True, **_jit)
     def normal_equations_parallel(h, w, codes, k):
         """:func:`normal_equations` with the rows spread over numba's threads."""
