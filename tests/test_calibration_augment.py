@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchprune_share import LevelPruner, Quantizer
-from torchprune_share.calibration.augment import synthetic_batches, token_ids
+from torchprune_share.calibration.augment import augmented_batches, synthetic_batches, token_ids
 
 CLS, SEP, PAD = 101, 102, 0
 
@@ -70,6 +70,69 @@ def test_a_batch_limit_gives_fewer_larger_synthetic_batches_with_the_same_rows()
     lengths = sorted(int(n) for b in free for n in b["attention_mask"].sum(1))
     assert sorted(int(n) for b in capped for n in b["attention_mask"].sum(1)) == lengths
     assert synthetic_batches(real, 3, max_batches=4)[0]["input_ids"].shape[0] == 6
+
+
+def _rows(batch: dict) -> list[tuple]:
+    """Each row as (real token ids, token types, label)."""
+    out = []
+    for r in range(len(batch["input_ids"])):
+        n = int(batch["attention_mask"][r].sum())
+        out.append(
+            (
+                tuple(batch["input_ids"][r, :n].tolist()),
+                tuple(batch["token_type_ids"][r, :n].tolist()),
+                int(batch["labels"][r]),
+            )
+        )
+    return out
+
+
+def test_augmented_batches_hold_every_real_row_once_and_the_synthetic_ones_packed_by_length():
+    real = [_bert_batch([3, 8, 1, 5], seed=0), torch.randn(2, 3), _bert_batch([6, 2], seed=1)]
+    packed = augmented_batches(real, 2, torch.Generator().manual_seed(0))
+    # Per token batch: its real and synthetic rows sorted by length, cut into batches of
+    # its size; the float batch stays, in place.
+    assert [len(b["input_ids"]) if isinstance(b, dict) else "float" for b in packed] == [
+        4, 4, 4, "float", 2, 2, 2
+    ]  # fmt: skip
+    assert packed[3] is real[1]
+    for first, last, batch in ((0, 3, real[0]), (4, 7, real[2])):
+        group = [r for b in packed[first:last] for r in _rows(b)]
+        lengths = [len(r[0]) for r in group]
+        assert lengths == sorted(lengths)
+        real_rows = _rows(batch)
+        assert sorted(r for r in group if r in real_rows) == sorted(real_rows)
+        assert len(group) == 3 * len(real_rows)
+        for b in packed[first:last]:
+            assert b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max())
+            assert b["note"] == "kept as is"
+    # Without copies, the batches as given.
+    assert augmented_batches(real, 0) == real
+
+
+def test_augmented_batches_carry_less_padding_than_the_real_batches_beside_synthetic_ones():
+    real = [_bert_batch([2, 12, 22, 32, 7, 17, 27, 37], seed=0)]
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    apart = real + synthetic_batches(real, 2, gen())
+    packed = augmented_batches(real, 2, gen())
+
+    def slots(batches):
+        return sum(b["input_ids"].numel() for b in batches)
+
+    def tokens(batches):
+        return sum(int(b["attention_mask"].sum()) for b in batches)
+
+    assert tokens(packed) == tokens(apart)
+    # 656 padded positions against 776 (real lengths spread evenly, 2 copies).
+    assert slots(packed) < 0.9 * slots(apart), (slots(packed), slots(apart))
+
+
+def test_a_batch_limit_packs_the_rows_into_fewer_larger_batches():
+    real = [_bert_batch([3, 8, 1, 5], seed=0), torch.randn(2, 3), _bert_batch([6, 2], seed=1)]
+    capped = augmented_batches(real, 3, torch.Generator().manual_seed(0), max_batches=5)
+    # One float batch and two per token batch: 16 and 8 rows in halves.
+    assert [len(b["input_ids"]) if isinstance(b, dict) else 0 for b in capped] == [8, 8, 0, 4, 4]
+    assert len(augmented_batches(real, 3, max_batches=3)) == 3
 
 
 def test_a_mapping_type_is_kept():
@@ -198,11 +261,11 @@ def test_synthetic_sequences_cut_the_held_out_error_of_a_small_calibration_set(s
 
 
 @pytest.mark.parametrize("how", ["quantize", "prune"])
-def test_the_engine_calibrates_on_the_real_then_the_synthetic_batches(how):
+def test_the_engine_calibrates_on_the_augmented_batches(how):
     torch.manual_seed(0)
     dense = ContextNet()
     calib = [_sequences(3, 10, seed=7), _sequences(2, 6, seed=8)]
-    fake = synthetic_batches(calib, 2, torch.Generator().manual_seed(11))
+    packed = augmented_batches(calib, 2, torch.Generator().manual_seed(11))
 
     def run(data, **kw):
         model = copy.deepcopy(dense)
@@ -217,7 +280,7 @@ def test_the_engine_calibrates_on_the_real_then_the_synthetic_batches(how):
         return model.state_dict()
 
     got = run(calib, augment=2, augment_seed=11)
-    want = run(calib + fake, augment=0)
+    want = run(packed, augment=0)
     for key in want:
         assert torch.equal(got[key], want[key]), key
     assert not all(torch.equal(got[k], v) for k, v in run(calib, augment=0).items())

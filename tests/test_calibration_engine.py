@@ -10,6 +10,7 @@ from torch import nn
 
 from torchprune_share import LevelPruner, Quantizer
 from torchprune_share.calibration import engine
+from torchprune_share.calibration.matrix import dense_target
 from torchprune_share.calibration.replay import Clock, plan_anchors, record_inputs
 
 
@@ -306,3 +307,52 @@ def test_lockstep_failure_stops_every_forward_and_leaves_the_model(unchanged):
         Quantizer({"*": 3}).quantize(model, data, forward=forward, progress=False)
     assert threading.active_count() == before
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+class WideBlock(Block):
+    """A block whose FFN output layer reads 4x its width: its cross term is cheaper times
+    its weight (2 R < C)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+
+def test_only_a_narrow_layer_with_its_own_statistics_gathers_its_cross_term_times_its_weight(
+    monkeypatch,
+):
+    torch.manual_seed(0)
+    model = Net()
+    model.blocks = nn.ModuleList(WideBlock(16) for _ in range(2))
+    names = [f"blocks.{i}.{n}.weight" for i in range(2) for n in ("q", "k", "v", "o", "up", "down")]
+    data = _data()
+
+    def run() -> dict[str, engine.Statistics]:
+        got: dict[str, engine.Statistics] = {}
+        mods = dict(model.named_modules())
+        targets = [engine.Target(n, mods[n.rsplit(".", 1)[0]], "weight") for n in names]
+
+        def compress(t, stats):
+            got[t.qualified] = stats
+            w = getattr(t.module, t.name).detach()
+            return w + 0.05 * torch.sign(w)  # a change, so that later inputs differ
+
+        engine.calibrate(model, targets, data, compress, progress=False)
+        return got
+
+    premultiplied = run()
+    for name, stats in premultiplied.items():
+        layer = dict(model.named_modules())[name.rsplit(".", 1)[0]]
+        if name.endswith("down.weight"):
+            assert torch.equal(stats.cross_weight, layer.weight.detach())
+            assert stats.cross is None or stats.cross.shape == (16, 64)
+        else:  # q, k, v share their statistics; o and up are not narrow
+            assert stats.cross_weight is None
+    assert premultiplied["blocks.1.down.weight"].cross is not None
+    monkeypatch.setattr(engine._Recorder, "_weight", lambda self, t: None)
+    full = run()
+    for name in ("blocks.0.down.weight", "blocks.1.down.weight"):
+        w = dict(model.named_modules())[name.rsplit(".", 1)[0]].weight.detach()
+        want = dense_target(w, full[name].centered(), 0.1)
+        got = dense_target(w, premultiplied[name].centered(), 0.1)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

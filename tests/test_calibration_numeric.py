@@ -325,6 +325,65 @@ def test_centered_statistics_with_a_dense_reference():
     assert u.centered() is u
 
 
+def test_a_narrow_layers_cross_term_is_gathered_times_its_weight():
+    x = _correlated_inputs(60, 8, 7) + 0.5
+    ref = x + 0.1 * _correlated_inputs(60, 8, 8)
+    w = torch.randn(3, 8, generator=torch.Generator().manual_seed(9))
+    full, narrow = HessianAccumulator(8), HessianAccumulator(8, weight=w)
+    for a, r in zip(x.split(13), ref.split(13)):
+        full.add(a, r)
+        narrow.add(a, r)
+    assert narrow.cross_weight is not None and torch.equal(narrow.cross_weight, w)
+    assert narrow.cross().shape == (3, 8)
+    torch.testing.assert_close(narrow.cross(), w @ full.cross(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(narrow.hessian(), full.hessian())
+    # Where W C costs no less than C (2 R >= C) the full cross term is kept.
+    square = HessianAccumulator(8, weight=torch.randn(4, 8))
+    square.add(x, ref)
+    assert square.cross_weight is None and square.cross().shape == (8, 8)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_dense_target_from_a_premultiplied_cross_term_equals_the_full_one(centered):
+    x = _correlated_inputs(300, 8, 10) + 0.5
+    ref = x + 0.2 * _correlated_inputs(300, 8, 11)
+    w = torch.randn(3, 8, generator=torch.Generator().manual_seed(12))
+    full, narrow = HessianAccumulator(8), HessianAccumulator(8, weight=w)
+    full.add(x, ref)
+    narrow.add(x, ref)
+
+    def stats(acc: HessianAccumulator) -> Statistics:
+        s = Statistics(
+            hessian=acc.hessian(),
+            cross=acc.cross(),
+            mean=acc.mean(),
+            reference_mean=acc.reference_mean(),
+            cross_weight=acc.cross_weight,
+        )
+        return s.centered() if centered else s
+
+    a, b = stats(full), stats(narrow)
+    if centered:
+        torch.testing.assert_close(b.cross, w @ a.cross, rtol=1e-4, atol=1e-5)
+    for damping in (0.01, 0.1):
+        want = dense_target(w, a, damping)
+        assert not torch.allclose(want, w, atol=1e-3)  # the inputs differ: a real target
+        torch.testing.assert_close(dense_target(w, b, damping), want, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_target_refuses_a_cross_term_gathered_for_another_weight(caplog):
+    x = _correlated_inputs(100, 8, 13)
+    w = torch.randn(3, 8, generator=torch.Generator().manual_seed(14))
+    acc = HessianAccumulator(8, weight=w)
+    acc.add(x, x + 0.1)
+    stats = Statistics(hessian=acc.hessian(), cross=acc.cross(), cross_weight=acc.cross_weight)
+    other = w + 1.0
+    with caplog.at_level(logging.WARNING):
+        got = dense_target(other, stats, 0.1)
+    assert torch.equal(got, other)  # fitted to its own outputs, never to W's
+    assert "gathered for another weight" in caplog.text
+
+
 @pytest.mark.parametrize("damping", [0.01, 0.1, 1.0])
 def test_inverse_cholesky_factorises_damped_inverse(damping):
     h = _hessian(40, 8, 4).to(torch.float32)

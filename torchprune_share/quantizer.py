@@ -223,8 +223,10 @@ class Quantizer:
                 drawn from the calibration tokens. A few dozen sentences leave the fit
                 close to exact on them and poor on others; the synthetic ones cut the
                 3-bit output error of the BERTs measured by 16-23 %, at ``1 + augment``
-                times the calibration forwards. 0 calibrates on the real batches only
-                (cheaper when real sequences are plenty). Default: 2.
+                times the calibration forwards. Each batch's real and synthetic rows are
+                sorted by length and re-cut into batches of its size (less padding).
+                0 calibrates on the real batches only, as given (cheaper when real
+                sequences are plenty). Default: 2.
             augment_seed (int): seed of the synthetic tokens. Default: 0.
             strict (bool): ``ValueError`` for a target no batch reaches; with False it is
                 shared data-free, with a log line. Default: True.

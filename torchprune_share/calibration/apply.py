@@ -72,6 +72,7 @@ def _matrix_stats(stats: Statistics, centered: bool = False) -> Statistics:
             stats.cross,
             stats.mean,
             stats.reference_mean,
+            stats.cross_weight,
         )
     return out.centered() if centered else out
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..kmeans.validation import check_int
 from ..state import TensorState
-from .augment import synthetic_batches, token_ids
+from .augment import augmented_batches, token_ids
 from .hessian import HessianAccumulator
 from .layers import COUNTS, input_rows, layer_kind, padding_mask, token_counts
 from .lockstep import Paused, run_lockstep
@@ -172,8 +172,17 @@ class _Recorder:
     give both ``H̃`` and the cross term of :func:`~.matrix.dense_target`.
     """
 
-    def __init__(self, group: list[Target], early_stop: bool, staging: Staging | None) -> None:
+    def __init__(
+        self,
+        group: list[Target],
+        early_stop: bool,
+        staging: Staging | None,
+        own_statistics: bool = True,
+    ) -> None:
         self.group, self.early_stop, self.staging = group, early_stop, staging
+        # Whether each target's statistics are its own (not shared with layers reading the
+        # same input): only then can its cross term be gathered times its weight.
+        self.own_statistics = own_statistics
         self.acc: dict[int, Any] = {}
         self.dense: dict[int, list[Tensor]] = {}
         self.seen: set[int] = set()
@@ -202,9 +211,16 @@ class _Recorder:
             self.dense.setdefault(id(t), []).append(rows)
             return
         if id(t) not in self.acc:
-            self.acc[id(t)] = HessianAccumulator(rows.shape[1], device=rows.device)
+            self.acc[id(t)] = HessianAccumulator(rows.shape[1], rows.device, self._weight(t))
         queue = self.dense.get(id(t))
         self.acc[id(t)].add(rows, queue.pop(0) if queue else None)
+
+    def _weight(self, t: Target) -> Tensor | None:
+        """The weight the cross term may be premultiplied by: the value that the compress
+        step will read (:func:`~.matrix.dense_target` checks that it is)."""
+        if not self.own_statistics or type(t.module) is not nn.Linear:
+            return None
+        return getattr(t.module, t.name).detach()
 
     def run(self, model: nn.Module, forward: Forward, batch: Any) -> None:
         self.mask = padding_mask(batch)
@@ -231,6 +247,7 @@ class _Recorder:
                     cross=a.cross(),
                     mean=a.mean(),
                     reference_mean=a.reference_mean(),
+                    cross_weight=a.cross_weight,
                 )
         return out
 
@@ -391,7 +408,7 @@ def _lockstep(
         group = groups[gi]
         first, *same = _linear(group) or [None]
         gathered = [t for t in group if t not in same]
-        rec = _Recorder(gathered, early_stop=False, staging=None)
+        rec = _Recorder(gathered, early_stop=False, staging=None, own_statistics=not same)
         # Before anything is staged the dense inputs are the model's own: no cross term.
         refs = dense is not None and len(staging) > 0
         for b, x in enumerate(paused.inputs[: len(batches)]):  # in batch order: deterministic
@@ -418,20 +435,22 @@ def _lockstep(
         bar.close()
 
 
-def _synthetic(batches: list[Any], copies: int, seed: int) -> list[Any]:
-    """The synthetic batches of :mod:`.augment` beside ``batches``, logged.
+def _augmented(batches: list[Any], copies: int, seed: int) -> list[Any]:
+    """``batches`` with the synthetic rows of :mod:`.augment`, packed by length, logged.
 
-    Each batch is a thread in lockstep: the synthetic ones come in fewer, larger batches
-    where needed to keep the count within :data:`LOCKSTEP_MAX_BATCHES` (or the real count).
+    Each batch is a thread in lockstep: the rows are cut into fewer, larger batches where
+    needed to keep the count within :data:`LOCKSTEP_MAX_BATCHES` (or the real count).
     """
-    limit = max(LOCKSTEP_MAX_BATCHES - len(batches), len(batches))
-    fake = synthetic_batches(batches, copies, torch.Generator().manual_seed(seed), limit)
-    if copies and not fake:
+    limit = max(LOCKSTEP_MAX_BATCHES, len(batches))
+    out = augmented_batches(batches, copies, torch.Generator().manual_seed(seed), limit)
+    if not copies:
+        return out
+    if len(out) == len(batches) and all(a is b for a, b in zip(out, batches)):
         logger.info("augment=%d: no batch holds token ids; calibrating on the real ones", copies)
-    elif fake:
-        rows = sum(int(token_ids(b).shape[0]) for b in fake)  # type: ignore[union-attr]
-        logger.info("augment=%d: %d synthetic sequences in %d batches", copies, rows, len(fake))
-    return fake
+    else:
+        rows = sum(int(ids.shape[0]) for ids in map(token_ids, out) if ids is not None)
+        logger.info("augment=%d: %d token sequences in %d batches", copies, rows, len(out))
+    return out
 
 
 def _missing(targets: list[Target], reached: set[int], strict: bool, what: str) -> None:
@@ -524,7 +543,7 @@ def calibrate(
         plan: list[nn.Module | None] = [None] * len(groups)
         batch_list = list(batches)
         real = len(batch_list)
-        batch_list += _synthetic(batch_list, augment, augment_seed)
+        batch_list = _augmented(batch_list, augment, augment_seed)
         batches = batch_list
         if chained and real <= LOCKSTEP_MAX_BATCHES:
             # The dense references come from a copy, paused beside the model.

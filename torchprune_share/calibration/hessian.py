@@ -53,6 +53,11 @@ class HessianAccumulator:
     Args:
         dim (int): the input width (columns of the weight).
         device (torch.device, optional): where ``H`` lives. Default: CPU.
+        weight (Tensor, optional): the layer's ``(R, dim)`` weight ``W``, when the cross
+            term is only needed times ``W`` (:func:`~.matrix.dense_target` needs
+            ``W C``): where that is cheaper (``2 R < dim``, an FFN's output layer) it is
+            accumulated as ``Σ (W x_ref) xᵀ``, ``2 R dim`` multiply-adds a row instead of
+            ``dim²``, and :attr:`cross_weight` is ``W``.
 
     Example:
         >>> acc = HessianAccumulator(3)
@@ -63,8 +68,14 @@ class HessianAccumulator:
                 [1.0000, 0.0000, 2.0000]])
     """
 
-    def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, dim: int, device: torch.device | str | None = None, weight: Tensor | None = None
+    ) -> None:
         self.sum = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+        self.cross_weight: Tensor | None = None
+        if weight is not None and weight.dim() == 2 and weight.shape[1] == dim:
+            if 2 * weight.shape[0] < dim:
+                self.cross_weight = weight.detach().to(self.sum.device, torch.float32)
         self.cross_sum: Tensor | None = None
         self.reference_sum: Tensor | None = None
         self.row_sum = torch.zeros(dim, dtype=torch.float64, device=device)
@@ -76,17 +87,19 @@ class HessianAccumulator:
         Args:
             rows (Tensor): the inputs the compressed layer will see.
             reference (Tensor, optional): the inputs the dense layer saw for the same
-                tokens (same shape): accumulates ``Σ x_ref xᵀ`` for :meth:`cross`.
+                tokens (same shape): accumulates ``Σ x_ref xᵀ`` (or ``Σ (W x_ref) xᵀ``)
+                for :meth:`cross`.
         """
         x = rows.detach().reshape(-1, self.sum.shape[0]).to(self.sum.device, torch.float32)
         _add_gram(self.sum, x)
         self.row_sum += x.sum(0, dtype=torch.float64)
         if reference is not None:
             r = reference.detach().reshape(x.shape).to(x.device, torch.float32)
+            lhs = r if self.cross_weight is None else r @ self.cross_weight.T
             if self.cross_sum is None or self.reference_sum is None:
-                self.cross_sum = torch.zeros_like(self.sum)
+                self.cross_sum = self.sum.new_zeros(lhs.shape[1], self.sum.shape[0])
                 self.reference_sum = torch.zeros_like(self.row_sum)
-            self.cross_sum.addmm_(r.T, x)
+            self.cross_sum.addmm_(lhs.T, x)
             self.reference_sum += r.sum(0, dtype=torch.float64)
         self.count += x.shape[0]
 
@@ -105,7 +118,8 @@ class HessianAccumulator:
         return (self.reference_sum / max(self.count, 1)).to(torch.float32)
 
     def cross(self) -> Tensor | None:
-        """``(1/n) Σ x_ref xᵀ`` when references were given, else ``None``."""
+        """``(1/n) Σ x_ref xᵀ`` (``(1/n) Σ (W x_ref) xᵀ`` with :attr:`cross_weight`) when
+        references were given, else ``None``."""
         return None if self.cross_sum is None else self.cross_sum / max(self.count, 1)
 
 

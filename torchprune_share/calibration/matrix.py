@@ -49,9 +49,11 @@ class Statistics:
         importance: per-entry weights of the 2-D weight's shape (Fisher ``Σ g²``, or an
             embedding's row counts), or ``None``.
         cross: ``(C, C)`` ``(1/n) Σ x x̃ᵀ`` with ``x`` the dense model's inputs for the
-            same tokens, or ``None`` (then ``x̃ = x``).
+            same tokens, or ``None`` (then ``x̃ = x``); with ``cross_weight`` ``W`` it is
+            ``(R, C)`` ``W (1/n) Σ x x̃ᵀ``, all that :func:`dense_target` needs.
         mean: ``(C,)`` the mean input ``x̃``, or ``None``.
         reference_mean: ``(C,)`` the mean dense input ``x`` (with ``cross``), or ``None``.
+        cross_weight: ``(R, C)`` the weight ``cross`` is premultiplied by, or ``None``.
     """
 
     hessian: Tensor | None = None
@@ -59,6 +61,7 @@ class Statistics:
     cross: Tensor | None = None
     mean: Tensor | None = None
     reference_mean: Tensor | None = None
+    cross_weight: Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def cached(self, key: object, make: Callable[[], Any]) -> Any:
@@ -88,7 +91,8 @@ class Statistics:
         covariance ``Σ = H − μ μᵀ``, reached at ``δ = Δ μ`` (bias correction, Nagel et
         al. 2019): the sweep then spends its codes on what the bias cannot fix. With
         ``cross`` (fitting the dense outputs) the cross term is centred too,
-        ``C − μ_ref μᵀ``, and the bias takes ``W μ_ref − Q μ``.
+        ``C − μ_ref μᵀ`` (``W C − (W μ_ref) μᵀ`` with ``cross_weight``), and the bias takes
+        ``W μ_ref − Q μ``.
 
         Example:
             >>> s = Statistics(hessian=torch.tensor([[2.0]]), mean=torch.tensor([1.0]))
@@ -104,8 +108,12 @@ class Statistics:
             if self.cross is None:
                 return Statistics(h, self.importance, None, self.mean)
             ref = self.reference_mean.to(self.hessian.dtype)
+            if self.cross_weight is not None:
+                ref = self.cross_weight.to(ref.dtype) @ ref
             cross = self.cross - torch.outer(ref, mu)
-            return Statistics(h, self.importance, cross, self.mean, self.reference_mean)
+            return Statistics(
+                h, self.importance, cross, self.mean, self.reference_mean, self.cross_weight
+            )
 
         return self.cached("centered", make)
 
@@ -131,6 +139,13 @@ def dense_target(w: Tensor, stats: Statistics, damping: float) -> Tensor:
     """
     if stats.cross is None or stats.hessian is None:
         return w
+    premultiplied = stats.cross_weight is not None
+    if premultiplied and not _same_weight(w, stats.cross_weight):
+        logger.warning(
+            "the cross term was gathered for another weight; fitting the layer to its own "
+            "outputs instead of the dense ones"
+        )
+        return w
     # float32: the ridge bounds the condition number by about max(diag H) / λ.
     h = stats.hessian.to(torch.float32)
     lam = max(damping * float(torch.diagonal(h).clamp(min=0).mean()), 1e-12)
@@ -138,8 +153,13 @@ def dense_target(w: Tensor, stats: Statistics, damping: float) -> Tensor:
     chol, info = stats.cached(("ridge", damping), lambda: torch.linalg.cholesky_ex(h + lam * eye))
     if int(info) != 0:
         return w
-    rhs = (w.to(torch.float32) @ (stats.cross.to(torch.float32) + lam * eye)).T
+    w32, cross = w.to(torch.float32), stats.cross.to(torch.float32)
+    rhs = (cross + lam * w32 if premultiplied else w32 @ (cross + lam * eye)).T
     return torch.cholesky_solve(rhs, chol).T.to(w.dtype)
+
+
+def _same_weight(w: Tensor, other: Tensor) -> bool:
+    return w.shape == other.shape and torch.equal(w.to(torch.float32), other.to(w.device))
 
 
 def _damped(h: Tensor, used: float) -> Tensor:
