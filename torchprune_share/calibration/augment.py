@@ -129,8 +129,8 @@ def augmented_batches(
     ones before they are sorted by length and cut into batches of the real batch's size:
     the real rows, padded to their batch's longest, then carry little padding too (on 64
     sentences of a BERT with 2 copies: 7,392 positions for 5,802 tokens, against 9,552
-    with the real batches as given). Every real row
-    is kept unchanged, once; batches without token ids are kept as they are, in place.
+    with the real batches as given). Every real row is kept unchanged, once; batches
+    without token ids are kept as they are, in place.
 
     Args:
         batches (Sequence): the real calibration batches.

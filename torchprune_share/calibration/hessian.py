@@ -75,7 +75,8 @@ class HessianAccumulator:
         self.cross_weight: Tensor | None = None
         if weight is not None and weight.dim() == 2 and weight.shape[1] == dim:
             if 2 * weight.shape[0] < dim:
-                self.cross_weight = weight.detach().to(self.sum.device, torch.float32)
+                # A copy: what was multiplied in must not change with the parameter.
+                self.cross_weight = weight.detach().to(self.sum.device, torch.float32, copy=True)
         self.cross_sum: Tensor | None = None
         self.reference_sum: Tensor | None = None
         self.row_sum = torch.zeros(dim, dtype=torch.float64, device=device)
