@@ -152,8 +152,6 @@ def augmented_batches(
         >>> sorted(b["input_ids"][0].tolist() for b in packed)[:2]
         [[101, 5, 6, 7, 102], [101, 8, 102]]
     """
-    if copies <= 0:
-        return list(batches)
     return _resample(batches, copies, generator, max_batches, with_real=True)
 
 
@@ -164,8 +162,10 @@ def _resample(
     max_batches: int | None,
     with_real: bool,
 ) -> list[Any]:
+    # Nothing to resample: the batches as given (with the real rows), or no synthetic ones.
+    unchanged = list(batches) if with_real else []
     if copies <= 0:
-        return []
+        return unchanged
     found = {}
     for i, batch in enumerate(batches):
         ids = token_ids(batch)
@@ -175,7 +175,7 @@ def _resample(
     inners = [ids[inner].cpu() for _, ids, _, inner in found.values()]
     pool = torch.cat(inners) if inners else None
     if pool is None or pool.numel() == 0:
-        return list(batches) if with_real else []
+        return unchanged
     per = copies + int(with_real)
     cuts = per
     if max_batches is not None:
