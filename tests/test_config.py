@@ -199,3 +199,41 @@ def test_quantizer_and_bit_levels_validate_through_it():
     assert net[1].parametrizations.weight[0].config == SharingConfig(bits=3)
     levels = BitLevels(config=SharingConfig(granularity="per_channel"))
     assert levels.granularity == "per_channel"
+
+
+def test_every_calibration_default_is_the_owners():
+    # A default written twice drifts: every signature must show the owner's value.
+    import inspect
+
+    from torchprune_share import LevelPruner, Quantizer
+    from torchprune_share.calibration import engine, hessian, matrix
+    from torchprune_share.calibration.apply import prune_calibrated
+    from torchprune_share.config import DEFAULT_ALGORITHM, DEFAULT_DAMPING
+
+    owners = {
+        "algorithm": DEFAULT_ALGORITHM,
+        "damping": DEFAULT_DAMPING,
+        "sequential": engine.DEFAULT_SEQUENTIAL,
+        "asymmetric": engine.DEFAULT_ASYMMETRIC,
+        "augment": engine.DEFAULT_AUGMENT,
+    }
+    functions = [
+        LevelPruner.__init__,
+        LevelPruner.prune,
+        Quantizer.__init__,
+        Quantizer.quantize,
+        engine.calibrate,
+        hessian.inverse_cholesky,
+        matrix.share_matrix,
+        matrix.prune_matrix,
+        prune_calibrated,
+    ]
+    seen = {name: 0 for name in owners}
+    for fn in functions:
+        for name, param in inspect.signature(fn).parameters.items():
+            if name in owners:
+                assert param.default == owners[name], (fn.__qualname__, name)
+                seen[name] += 1
+    assert all(seen.values()), seen
+    assert SharingConfig().algorithm == DEFAULT_ALGORITHM
+    assert SharingConfig().damping == DEFAULT_DAMPING

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .calibration.apply import PruneRequest, prune_calibrated
-from .config import calibration_settings
+from .calibration.engine import DEFAULT_ASYMMETRIC, DEFAULT_AUGMENT, DEFAULT_SEQUENTIAL
+from .config import DEFAULT_ALGORITHM, DEFAULT_DAMPING, calibration_settings
 from .names import split
 from .options import Problems, check_option_names, option_entries, raise_problems, with_defaults
 from .parametrizations import get_reparametrization
@@ -71,8 +72,8 @@ class LevelPruner:
         options: Sequence[Sequence[Any]] | Mapping[str, Any],
         *,
         model: nn.Module | None = None,
-        algorithm: str = "hessian",
-        damping: float = 0.1,
+        algorithm: str = DEFAULT_ALGORITHM,
+        damping: float = DEFAULT_DAMPING,
     ) -> None:
         self.algorithm, self.damping = calibration_settings(algorithm, damping)
         entries = option_entries(options, "LevelPruner")
@@ -134,9 +135,9 @@ class LevelPruner:
         calibration: Iterable[Any] | None = None,
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-        sequential: bool = True,
-        asymmetric: bool = True,
-        augment: int = 2,
+        sequential: bool = DEFAULT_SEQUENTIAL,
+        asymmetric: bool = DEFAULT_ASYMMETRIC,
+        augment: int = DEFAULT_AUGMENT,
         augment_seed: int = 0,
         strict: bool = True,
         progress: bool = True,

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .calibration.apply import ShareRequest, share_calibrated
-from .config import SharingConfig
+from .calibration.engine import DEFAULT_ASYMMETRIC, DEFAULT_AUGMENT, DEFAULT_SEQUENTIAL
+from .config import DEFAULT_ALGORITHM, DEFAULT_DAMPING, SharingConfig
 from .names import DEFAULT
 from .options import (
     Problems,
@@ -101,8 +102,8 @@ class Quantizer:
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
         config: SharingConfig | None = None,
-        algorithm: str = "hessian",
-        damping: float = 0.1,
+        algorithm: str = DEFAULT_ALGORITHM,
+        damping: float = DEFAULT_DAMPING,
     ) -> None:
         loose = {"init": init, "method": method, "granularity": granularity}
         loose.update(channel_axis=channel_axis, algorithm=algorithm, damping=damping)
@@ -166,9 +167,9 @@ class Quantizer:
         *,
         forward: Callable[[nn.Module, Any], Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
-        sequential: bool = True,
-        asymmetric: bool = True,
-        augment: int = 2,
+        sequential: bool = DEFAULT_SEQUENTIAL,
+        asymmetric: bool = DEFAULT_ASYMMETRIC,
+        augment: int = DEFAULT_AUGMENT,
         augment_seed: int = 0,
         strict: bool = True,
         progress: bool = True,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..codebook import cluster, index_dtype
-from ..config import SharingConfig
+from ..config import DEFAULT_ALGORITHM, DEFAULT_DAMPING, SharingConfig
 from ..parametrizations import WeightSharing
 from ..pruning import apply_keep_mask, compressible_state, level_mask
 from ..sharing import share_with
@@ -286,8 +286,8 @@ def prune_calibrated(
     model: nn.Module,
     calibration: Iterable[Any],
     *,
-    algorithm: str = "hessian",
-    damping: float = 0.1,
+    algorithm: str = DEFAULT_ALGORITHM,
+    damping: float = DEFAULT_DAMPING,
     bias_correction: bool = False,
     **engine: Any,
 ) -> None:

@@ -13,6 +13,8 @@ import logging
 import torch
 from torch import Tensor
 
+from ..config import DEFAULT_DAMPING
+
 __all__ = ["HessianAccumulator", "inverse_cholesky"]
 
 logger = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class HessianAccumulator:
         return None if self.cross_sum is None else self.cross_sum / max(self.count, 1)
 
 
-def inverse_cholesky(h: Tensor, damping: float = 0.1) -> tuple[Tensor, Tensor, float]:
+def inverse_cholesky(h: Tensor, damping: float = DEFAULT_DAMPING) -> tuple[Tensor, Tensor, float]:
     r"""Upper Cholesky factor ``U`` of ``(H + λ I)⁻¹``, as the column sweeps need it.
 
     Dead inputs (zero diagonal: an input that is always zero on the calibration data) get

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import kmeans
+from ..config import DEFAULT_ALGORITHM, DEFAULT_DAMPING
 from .hessian import inverse_cholesky
 from .refit import refit_codebook, refit_survivors, sort_codebook
 from .sweep import codebook_sweep, lookup, output_error, prune_sweep, quotas
@@ -268,8 +269,8 @@ def share_matrix(
     *,
     bits: int,
     per_row: bool,
-    algorithm: str = "hessian",
-    damping: float = 0.1,
+    algorithm: str = DEFAULT_ALGORITHM,
+    damping: float = DEFAULT_DAMPING,
     init: str = "linear",
     method: str = "lloyd",
     refits: int = 1,
@@ -359,8 +360,8 @@ def prune_matrix(
     stats: Statistics,
     extra: int,
     *,
-    algorithm: str = "hessian",
-    damping: float = 0.1,
+    algorithm: str = DEFAULT_ALGORITHM,
+    damping: float = DEFAULT_DAMPING,
     block: int = 128,
 ) -> tuple[Tensor, Tensor | None]:
     r"""Prune ``extra`` more entries of ``w`` by their effect on the layer's output.
