@@ -20,6 +20,7 @@ NUMERIC_CORE = [
     "calibration/matrix.py",
     "codebook.py",
     "config.py",
+    "threads.py",
     "inference/kernels.py",
     "inference/layout.py",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..threads import numba_threads
 from . import kernels
 
 if kernels.AVAILABLE:
@@ -26,7 +27,7 @@ _ROW_CHUNK_ELEMS = 1 << 21
 def _normal_equations(w: Tensor, codes: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """``(S_rᵀ H S_r, S_rᵀ H w_r)`` for every row, in float64."""
     if kernels.AVAILABLE and w.device.type == "cpu":
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        threads = numba_threads(torch.get_num_threads())
         kernel = kernels.normal_equations
         if threads > 1:
             numba.set_num_threads(threads)

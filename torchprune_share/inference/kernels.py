@@ -36,6 +36,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..threads import numba_threads
+
 __all__ = ["AVAILABLE", "chunk_bounds", "slp_vectorize", "sparse_matmul"]
 
 logger = logging.getLogger(__name__)
@@ -461,7 +463,7 @@ def sparse_matmul(
     decoder, rowptr, cols, payload, lut, stride = parts
     kern = KERNELS[decoder]
     m = x.shape[1]
-    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    threads = numba_threads(threads)
     if threads > 1 and int(rowptr[-1]) * m < PARALLEL_MIN_WORK:
         threads = 1
     args = (rowptr, cols, payload, lut, stride)
