@@ -940,3 +940,50 @@ def test_regression_digests(shape, dtype, weighted, seed, k, init, method, diges
     g = torch.Generator().manual_seed(seed)
     c, lab = kmeans1d(x, k, init=init, method=method, sample_weight=w, generator=g)
     assert _digest(c, lab) == digest
+
+
+# -- the numba DP gives the numpy DP's cuts, bit for bit ---------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_numba_dp_gives_the_same_cuts_as_the_numpy_dp(seed, monkeypatch):
+    from torchprune_share.kmeans import kernels, optimal
+    from torchprune_share.kmeans.rows import SortedRows, sort_rows
+
+    if not kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        B, n, k = int(rng.integers(1, 6)), int(rng.integers(2, 700)), int(rng.integers(1, 20))
+        x = rng.standard_normal((B, n))
+        if trial % 3 == 0:
+            x = np.round(x * 3) / 3  # many equal values: ties between cut positions
+        w = None if trial % 2 else rng.random((B, n)) * (rng.random((B, n)) > 0.2)
+        rows = SortedRows(*sort_rows(x, w, False))
+        grid = optimal._grid(rows, optimal._grid_size(rows.L, k))
+        fast = optimal._optimal_cuts(rows, grid, k)
+        slow = optimal._optimal_cuts(rows, grid, k, use_kernel=False)
+        assert np.array_equal(fast, slow), (trial, B, n, k)
+    # And through the public function, with numba switched off.
+    t = torch.from_numpy(rng.standard_normal((8, 3000)))
+    got = kmeans1d(t, 16, method="optimal")
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    want = kmeans1d(t, 16, method="optimal")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_without_numba_the_optimal_dp_runs_on_numpy():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba"] = None  # makes `import numba` raise ImportError
+        import torch
+        from torchprune_share.kmeans import kernels, kmeans1d
+        c, l = kmeans1d(torch.tensor([0.0, 0.1, 0.9, 1.0, 5.0]), 2, method="optimal")
+        print(kernels.AVAILABLE, c.tolist(), l.tolist())
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split(maxsplit=1) == ["False", "[0.5, 5.0] [0, 0, 0, 0, 1]\n"]

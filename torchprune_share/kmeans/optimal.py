@@ -15,6 +15,7 @@ import logging
 import numpy as np
 import torch
 
+from . import kernels
 from .inits import init_centroids
 from .lloyd import lloyd
 from .rows import (
@@ -66,7 +67,9 @@ def _dc_levels(m: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return levels
 
 
-def _optimal_cuts(rows: SortedRows, grid: np.ndarray, k: int) -> np.ndarray:
+def _optimal_cuts(
+    rows: SortedRows, grid: np.ndarray, k: int, use_kernel: bool = True
+) -> np.ndarray:
     """Minimum-SSE partition into k segments with cuts restricted to ``grid``.
 
     ``grid`` (B, m) holds ascending cut positions per row, from 0 to nv
@@ -76,10 +79,17 @@ def _optimal_cuts(rows: SortedRows, grid: np.ndarray, k: int) -> np.ndarray:
     squared error is a Monge cost, so the (leftmost) argmin is monotone in j
     and, across layers, never below the previous layer's. All rows and all
     columns of a level are evaluated at once. O(k m log m) per row.
+    ``use_kernel`` runs each row's recursion as one numba loop (same cuts; False keeps
+    the numpy levels, which the tests compare it with).
     Returns the cuts (B, k+1) as data positions.
     """
     B, m = grid.shape
     Wg, Sg, Qg = rows.wsum(grid), rows.xsum(grid), rows.qsum(grid)
+    if use_kernel and kernels.AVAILABLE:
+        cut_idx = kernels.dp_cut_indices(
+            np.ascontiguousarray(Wg), np.ascontiguousarray(Sg), np.ascontiguousarray(Qg), k
+        )
+        return np.take_along_axis(grid, cut_idx, axis=1)
     D = Qg - Sg * Sg / np.maximum(Wg, TINY)
     args = np.zeros((k, B, m), dtype=np.int32)
     levels = _dc_levels(m)
