@@ -208,14 +208,20 @@ def test_every_calibration_default_is_the_owners():
     from torchprune_share import LevelPruner, Quantizer
     from torchprune_share.calibration import engine, hessian, matrix
     from torchprune_share.calibration.apply import prune_calibrated
-    from torchprune_share.config import DEFAULT_ALGORITHM, DEFAULT_DAMPING
+    from torchprune_share.config import (
+        DEFAULT_ALGORITHM,
+        DEFAULT_ASYMMETRIC,
+        DEFAULT_AUGMENT,
+        DEFAULT_DAMPING,
+        DEFAULT_SEQUENTIAL,
+    )
 
     owners = {
         "algorithm": DEFAULT_ALGORITHM,
         "damping": DEFAULT_DAMPING,
-        "sequential": engine.DEFAULT_SEQUENTIAL,
-        "asymmetric": engine.DEFAULT_ASYMMETRIC,
-        "augment": engine.DEFAULT_AUGMENT,
+        "sequential": DEFAULT_SEQUENTIAL,
+        "asymmetric": DEFAULT_ASYMMETRIC,
+        "augment": DEFAULT_AUGMENT,
     }
     functions = [
         LevelPruner.__init__,

@@ -20,7 +20,7 @@ NUMERIC_CORE = [
     "calibration/matrix.py",
     "codebook.py",
     "config.py",
-    "threads.py",
+    "jit.py",
     "inference/kernels.py",
     "inference/layout.py",
 ]

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 
 from .calibration.apply import PruneRequest, prune_calibrated
-from .calibration.engine import DEFAULT_ASYMMETRIC, DEFAULT_AUGMENT, DEFAULT_SEQUENTIAL
-from .config import DEFAULT_ALGORITHM, DEFAULT_DAMPING, calibration_settings
+from .config import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_ASYMMETRIC,
+    DEFAULT_AUGMENT,
+    DEFAULT_DAMPING,
+    DEFAULT_SEQUENTIAL,
+    calibration_settings,
+)
 from .names import split
 from .options import Problems, check_option_names, option_entries, raise_problems, with_defaults
 from .parametrizations import get_reparametrization

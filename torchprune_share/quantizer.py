@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 from .calibration.apply import ShareRequest, share_calibrated
-from .calibration.engine import DEFAULT_ASYMMETRIC, DEFAULT_AUGMENT, DEFAULT_SEQUENTIAL
-from .config import DEFAULT_ALGORITHM, DEFAULT_DAMPING, SharingConfig
+from .config import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_ASYMMETRIC,
+    DEFAULT_AUGMENT,
+    DEFAULT_DAMPING,
+    DEFAULT_SEQUENTIAL,
+    SharingConfig,
+)
 from .names import DEFAULT
 from .options import (
     Problems,

@@ -26,7 +26,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
-from ..config import DEFAULT_ALGORITHM
+from ..config import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_ASYMMETRIC,
+    DEFAULT_AUGMENT,
+    DEFAULT_SEQUENTIAL,
+)
 from ..kmeans.validation import check_int
 from ..state import TensorState
 from .augment import augmented_batches, token_ids
@@ -37,27 +42,9 @@ from .matrix import Statistics
 from .replay import Clock, Recorded, plan_anchors, record_inputs, replay
 from .staging import Staging
 
-__all__ = [
-    "DEFAULT_ASYMMETRIC",
-    "DEFAULT_AUGMENT",
-    "DEFAULT_SEQUENTIAL",
-    "Target",
-    "as_batches",
-    "calibrate",
-    "default_forward",
-]
+__all__ = ["Target", "as_batches", "calibrate", "default_forward"]
 
 logger = logging.getLogger(__name__)
-
-# The defaults of the calibration pass, for every policy that runs it (LevelPruner.prune,
-# Quantizer.quantize). Measured on BERTs and a small GPT (benchmarks/results/): sequential
-# recording and fitting the dense model's outputs each close more of the gap than their
-# alternatives; two synthetic token rows per real one is the most that keeps 50 % + 4-bit
-# of a 6-layer BERT near 30 s on one thread (3 measured 0.0004-0.003 cosine better, and
-# took 33-45 s).
-DEFAULT_SEQUENTIAL = True
-DEFAULT_ASYMMETRIC = True
-DEFAULT_AUGMENT = 2
 
 Forward = Callable[[nn.Module, Any], Any]
 # compress(target, stats) -> the staged value, or (value, {other tensor of the module: value})

@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..jit import AVAILABLE, JIT
+
 __all__ = ["AVAILABLE"]
 
-try:  # optional: the torch formulations in sweep.py and refit.py are the fallback
+if AVAILABLE:  # else the torch formulations in sweep.py and refit.py run
     import numba
     from numba import prange
     from numba import uint64 as u64
-except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
-    AVAILABLE = False
-else:
-    AVAILABLE = True
 
-if AVAILABLE:
-    _jit = {"nogil": True, "cache": True, "error_model": "numpy"}
-
-    @numba.njit(**_jit)
+    @numba.njit(**JIT)
     def sweep_block(w1, u1, table, mids, keep1, codes1, err1):
         """Sweep one block of columns in place (GPTQ's inner loop, without the lazy update).
 
@@ -78,7 +73,7 @@ if AVAILABLE:
                 for jj in range(u64(j + 1), u64(width)):
                     wr[jj] -= e * uj[jj]
 
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def _row_equations(h, w, codes, k, r, mats, rhs):
         # T = S_rᵀ H is k sums of rows of H, one row-add per entry: C² adds where the
         # product with the one-hot costs k · C².
@@ -99,7 +94,7 @@ if AVAILABLE:
                 acc += np.float64(t[a, i]) * w[r, i]
             rhs[r, a] = acc
 
-    @numba.njit(**_jit)
+    @numba.njit(**JIT)
     def normal_equations(h, w, codes, k):
         """``(S_rᵀ H S_r, S_rᵀ H w_r)`` of every row in float64, ``S_r`` the one-hot of
         row ``r``'s codes (``-1``: no centroid). One thread; see
@@ -116,7 +111,7 @@ if AVAILABLE:
     # serial one 0.7 s; benchmarks/results/calibration_startup.txt), which a one-thread
     # calibration need not pay. Two functions, not one compiled twice: numba's cache key
     # (the bytecode and the signature, not the flags) would let either load the other.
-    @numba.njit(parallel=True, **_jit)
+    @numba.njit(parallel=True, **JIT)
     def normal_equations_parallel(h, w, codes, k):
         """:func:`normal_equations` with the rows spread over numba's threads."""
         rows = codes.shape[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..threads import numba_threads
+from ..jit import numba_threads
 from . import kernels
 
 if kernels.AVAILABLE:

@@ -36,20 +36,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..threads import numba_threads
+from ..jit import AVAILABLE, JIT, numba_threads
 
 __all__ = ["AVAILABLE", "chunk_bounds", "slp_vectorize", "sparse_matmul"]
 
 logger = logging.getLogger(__name__)
 
-try:  # the fast path is optional: without numba the layers run on torch CSR
+if AVAILABLE:  # else the layers run on torch CSR
     import numba
     from numba import prange
     from numba import uint64 as u64
-except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
-    AVAILABLE = False
-else:
-    AVAILABLE = True
 
 
 def chunk_bounds(rowptr: np.ndarray, chunks: int) -> np.ndarray:
@@ -75,34 +71,33 @@ def chunk_bounds(rowptr: np.ndarray, chunks: int) -> np.ndarray:
 
 
 if AVAILABLE:
-    _jit = {"nogil": True, "cache": True, "error_model": "numpy"}
 
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def decode_nibble(codes, lut, base, i):
         byte = u64(codes[i >> u64(1)])
         return lut[base + ((byte >> ((i & u64(1)) << u64(2))) & u64(15))]
 
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def decode_code(codes, lut, base, i):
         return lut[base + u64(codes[i])]
 
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def decode_value(codes, lut, base, i):
         return codes[i]
 
     # Pair decoders: entries ``2h`` and ``2h + 1``. For nibbles one byte load serves both,
     # which made the batch-1 loop ~20 % faster than two single decodes.
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def pair_nibble(codes, lut, base, h):
         byte = u64(codes[h])
         return lut[base + (byte & u64(15))], lut[base + (byte >> u64(4))]
 
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def pair_code(codes, lut, base, h):
         i = h << u64(1)
         return lut[base + u64(codes[i])], lut[base + u64(codes[i + u64(1)])]
 
-    @numba.njit(inline="always", **_jit)
+    @numba.njit(inline="always", **JIT)
     def pair_value(codes, lut, base, h):
         i = h << u64(1)
         return codes[i], codes[i + u64(1)]
@@ -115,7 +110,7 @@ if AVAILABLE:
         slower than a small layer's whole product.
         """
 
-        @numba.njit(**_jit)
+        @numba.njit(**JIT)
         def matvec_rows(rowptr, cols, codes, lut, stride, x, bias, out, r0, r1):
             """Rows ``r0..r1`` of ``out = W x + bias`` for one input vector."""
             for r in range(u64(r0), u64(r1)):
@@ -154,11 +149,11 @@ if AVAILABLE:
                     i += u64(1)
                 out[r] = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) + bias[r]
 
-        @numba.njit(inline="always", **_jit)
+        @numba.njit(inline="always", **JIT)
         def quad(xt, w0, w1, w2, w3, c0, c1, c2, c3):
             return (w0 * xt[c0] + w1 * xt[c1]) + (w2 * xt[c2] + w3 * xt[c3])
 
-        @numba.njit(inline="always", **_jit)
+        @numba.njit(inline="always", **JIT)
         def weights4(codes, lut, base, cols, i, batch, b0):
             """Four decoded weights and the offsets of their ``xᵀ`` rows (plus lane ``b0``)."""
             return (
@@ -175,7 +170,7 @@ if AVAILABLE:
         # Sixteen (eight) batch lanes of one row in scalar accumulators: with SLP vectorisation
         # on (see :func:`slp`) they become two (one) AVX registers held across the whole row,
         # and each entry costs one broadcast and a fused row of multiply-adds.
-        @numba.njit(inline="always", **_jit)
+        @numba.njit(inline="always", **JIT)
         def lanes16(codes, lut, base, cols, s, e, xt, batch, b0, acc):
             p0 = np.float32(0.0)
             p1 = np.float32(0.0)
@@ -262,7 +257,7 @@ if AVAILABLE:
             acc[b0 + u64(14)] = p14
             acc[b0 + u64(15)] = p15
 
-        @numba.njit(inline="always", **_jit)
+        @numba.njit(inline="always", **JIT)
         def lanes8(codes, lut, base, cols, s, e, xt, batch, b0, acc):
             p0 = np.float32(0.0)
             p1 = np.float32(0.0)
@@ -305,7 +300,7 @@ if AVAILABLE:
             acc[b0 + u64(6)] = p6
             acc[b0 + u64(7)] = p7
 
-        @numba.njit(**_jit)
+        @numba.njit(**JIT)
         def matmat_tile(rowptr, cols, codes, lut, stride, x, bias, out, b0, r0, r1, tile):
             """Rows ``r0..r1``, lanes ``b0..b0 + 16`` of ``out = W x + bias[:, None]``.
 
@@ -331,11 +326,11 @@ if AVAILABLE:
                 for j in range(valid):
                     out[r, u64(b0) + j] = acc[j] + bias[r]
 
-        @numba.njit(**_jit)
+        @numba.njit(**JIT)
         def matvec(rowptr, cols, codes, lut, stride, x, bias, out):
             matvec_rows(rowptr, cols, codes, lut, stride, x, bias, out, 0, rowptr.size - 1)
 
-        @numba.njit(**_jit)
+        @numba.njit(**JIT)
         def matvec_finite(rowptr, cols, codes, lut, stride, x, bias, out):
             """:func:`matvec`, returning whether ``sum(x)`` is finite (False when ``x``
             holds a NaN or Inf, or its sum overflows): the module's batch-1 path asks here
@@ -353,14 +348,14 @@ if AVAILABLE:
                 t0 += x[i]
             return np.isfinite(t0 + t1)
 
-        @numba.njit(parallel=True, **_jit)
+        @numba.njit(parallel=True, **JIT)
         def matvec_parallel(rowptr, cols, codes, lut, stride, x, bias, out, bounds):
             for t in prange(bounds.size - 1):
                 matvec_rows(
                     rowptr, cols, codes, lut, stride, x, bias, out, bounds[t], bounds[t + 1]
                 )
 
-        @numba.njit(**_jit)
+        @numba.njit(**JIT)
         def matmat(rowptr, cols, codes, lut, stride, x, bias, out):
             tile = np.empty(x.shape[0] * 16, np.float32)
             for b0 in range(0, x.shape[1], 16):
@@ -368,7 +363,7 @@ if AVAILABLE:
                     rowptr, cols, codes, lut, stride, x, bias, out, b0, 0, rowptr.size - 1, tile
                 )
 
-        @numba.njit(parallel=True, **_jit)
+        @numba.njit(parallel=True, **JIT)
         def matmat_parallel(rowptr, cols, codes, lut, stride, x, bias, out, bounds):
             chunks = bounds.size - 1
             tiles = (x.shape[1] + 15) // 16

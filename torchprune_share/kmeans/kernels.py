@@ -20,33 +20,26 @@ import numpy as np
 
 __all__ = ["AVAILABLE"]
 
-# Guards divisions by a segment weight that may be zero (kmeans.rows.TINY).
-_TINY = 1e-300
+from ..jit import AVAILABLE, JIT
+from .rows import TINY
 
-try:  # optional: kmeans.optimal's numpy DP is the fallback
+if AVAILABLE:  # else kmeans.optimal's numpy DP runs
     import numba
-except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
-    AVAILABLE = False
-else:
-    AVAILABLE = True
 
-if AVAILABLE:
-    _jit = {"nogil": True, "cache": True, "error_model": "numpy"}
-
-    @numba.njit(**_jit)
+    @numba.njit(**JIT)
     def _argmin(A, Wg, Sg, b, lo, hi, j):
         # Leftmost argmin over i in [lo, hi] of A[i] - (S_j - S_i)^2 / max(W_j - W_i, TINY).
         wj, sj = Wg[b, j], Sg[b, j]
         best_i, best_v = lo, np.inf
         for i in range(lo, hi + 1):
-            dw = max(wj - Wg[b, i], _TINY)
+            dw = max(wj - Wg[b, i], TINY)
             ds = sj - Sg[b, i]
             v = A[i] - ds * ds / dw
             if v < best_v:
                 best_i, best_v = i, v
         return best_i, best_v
 
-    @numba.njit(**_jit)
+    @numba.njit(**JIT)
     def dp_cut_indices(Wg, Sg, Qg, k):
         """Grid columns ``(B, k+1)`` of the minimum-SSE partition of every row into k runs.
 
@@ -61,17 +54,15 @@ if AVAILABLE:
         D = np.empty(m)
         Dn = np.empty(m)
         A = np.empty(m)
-        best = np.zeros(m + 2, dtype=np.int64)
+        best = np.zeros(m, dtype=np.int64)
         # Intervals [a, b] still open: an explicit stack instead of recursion.
         stack = np.empty((2 * m + 2, 2), dtype=np.int64)
         for b in range(B):
             for j in range(m):
-                D[j] = Qg[b, j] - Sg[b, j] * Sg[b, j] / max(Wg[b, j], _TINY)
+                D[j] = Qg[b, j] - Sg[b, j] * Sg[b, j] / max(Wg[b, j], TINY)
             for c in range(1, k):
                 for j in range(m):
                     A[j] = D[j] - Qg[b, j]
-                best[m] = 0
-                best[m + 1] = m
                 if c == k - 1:
                     lo = max(0, args[c - 1, m - 1])
                     hi = max(m - 1, lo)
@@ -85,8 +76,9 @@ if AVAILABLE:
                         top -= 1
                         a, e = stack[top, 0], stack[top, 1]
                         mid = (a + e) // 2
-                        left = best[m] if a - 1 < 0 else best[a - 1]
-                        right = best[m + 1] if e + 1 >= m else best[e + 1]
+                        # No solved neighbour on a side: the argmin is bounded by 0 or m.
+                        left = 0 if a == 0 else best[a - 1]
+                        right = m if e + 1 >= m else best[e + 1]
                         lo = max(left, args[c - 1, mid])
                         hi = max(min(right, mid), lo)
                         i, v = _argmin(A, Wg, Sg, b, lo, hi, mid)
