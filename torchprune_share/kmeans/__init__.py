@@ -58,10 +58,11 @@ Modules (tensors come in and go out only in ``api``; the rest is numpy):
 * ``validation``: argument checks (TypeError / ValueError), INITS, METHODS;
 * ``rows``: :class:`~torchprune_share.kmeans.rows.SortedRows`, sorted rows
   with prefix sums, the data structure everything else works on;
-* ``inits``: linear, density, random, k-means++;
+* ``inits``: linear, density, random, k-means++, and the coarse dynamic
+  programme of ``optimal`` as a seed (``"dp"``);
 * ``lloyd``: Lloyd with re-seeding and merge-and-split moves (1-D input is
   the block of one row: one implementation);
-* ``optimal``: the dynamic programme;
+* ``optimal``: the dynamic programme (and its coarse seed);
 * ``sklearn_bridge``: scikit-learn on the same rows and init;
 * ``finalize``: output dtype, no empty cluster, exact nearest-centroid labels;
 * ``api``: :func:`kmeans1d` and :func:`sse`.

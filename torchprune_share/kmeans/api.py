@@ -72,8 +72,10 @@ def kmeans1d(
         init: ``"linear"`` (evenly spaced between min and max, Deep
             Compression's default), ``"density"`` (evenly spaced levels of
             the weighted CDF), ``"random"`` (k distinct values drawn with
-            probability proportional to their weight) or ``"kmeans++"``;
-            the last two draw from ``generator``.
+            probability proportional to their weight), ``"kmeans++"`` (the
+            last two draw from ``generator``) or ``"dp"`` (the optimal
+            partition over a coarse grid of at least 128 cuts: near
+            ``method="optimal"``'s result at Lloyd's cost).
         method: ``"lloyd"`` (Lloyd on the sorted data with split re-seeding
             and merge-and-split moves), ``"optimal"`` (dynamic programme
             with exact costs; never worse than ``"lloyd"``) or ``"sklearn"``

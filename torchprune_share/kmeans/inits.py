@@ -1,4 +1,4 @@
-"""Initial centroids for 1-D k-means: linear, density, random (Forgy), k-means++.
+"""Initial centroids for 1-D k-means: linear, density, random (Forgy), k-means++, dp.
 
 Every init works on a :class:`~torchprune_share.kmeans.rows.SortedRows`
 block (all rows at once) and respects the weights: zero-weight entries
@@ -55,6 +55,11 @@ def init_centroids(
         return gather(rows.s, idx)
     if init == "random":
         return _init_random(rows, k, generator)
+    if init == "dp":
+        # Imported here: the dynamic programme's module imports this one.
+        from .optimal import dp_seed
+
+        return dp_seed(rows, k)
     return _init_kmeanspp(rows, k, generator)
 
 

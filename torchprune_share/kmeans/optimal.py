@@ -28,7 +28,7 @@ from .rows import (
     segment_stats,
 )
 
-__all__ = ["optimal"]
+__all__ = ["dp_seed", "optimal"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,17 @@ _GRID_PER_CLUSTER = 8
 _GRID_VALUES_PER_CUT = 64
 
 
-def _grid_size(n: int, k: int) -> int:
+# The "dp" init runs the same programme on a coarser grid (at least this many cuts) and
+# leaves the rest to Lloyd. On the Hessian-weighted rows of a calibrated 6-layer BERT
+# (20,736 rows of 384 and 1,536 values, 3 and 4 bits) its weighted SSE after Lloyd was
+# within 0.1 % of method="optimal"'s and 4.6-5.3 % below Lloyd from the linear init, at
+# Lloyd's cost (2.2-2.9 s against 2.6-3.0 s; "optimal" 4.8-6.7 s).
+_SEED_GRID_MIN = 128
+
+
+def _grid_size(n: int, k: int, floor: int = _GRID_MIN) -> int:
     """Number m of cut candidates per row of length ``n`` for ``k`` clusters."""
-    return int(np.clip(max(_GRID_PER_CLUSTER * k, n // _GRID_VALUES_PER_CUT), _GRID_MIN, _GRID_MAX))
+    return int(np.clip(max(_GRID_PER_CLUSTER * k, n // _GRID_VALUES_PER_CUT), floor, _GRID_MAX))
 
 
 def _dc_levels(m: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -234,6 +242,34 @@ def _grid(rows: SortedRows, size: int) -> np.ndarray:
     return out[:, : max(width, 2)]
 
 
+def _segment_means(rows: SortedRows, cuts: np.ndarray) -> np.ndarray:
+    """The means (B, k) of the segments between ``cuts``, ascending."""
+    W, S = segment_stats(rows, cuts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c0 = rows.shift[:, None] + S / W
+    # An empty DP segment (only possible on a coarse grid) gets a placeholder
+    # at its cut; Lloyd's re-seeding fills it.
+    return np.where(W > 0, c0, gather(rows.s, np.minimum(cuts[:, :-1], rows.nv[:, None] - 1)))
+
+
+def dp_seed(rows: SortedRows, k: int) -> np.ndarray:
+    """Initial centroids (B, k): the optimal partition over a coarse grid of cuts.
+
+    The dynamic programme of :func:`optimal` on ``clip(max(8 k, n // 64), 128, 4096)``
+    cut candidates (every boundary between distinct values where a row has at most that
+    many), without the Lloyd refinement and without the Lloyd run from another init: the
+    ``init="dp"`` of :func:`~torchprune_share.kmeans.kmeans1d`, which Lloyd then refines.
+
+    Example:
+        >>> from torchprune_share.kmeans.rows import SortedRows
+        >>> rows = SortedRows(np.array([[0.0, 0.1, 0.9, 1.0, 5.0]]), None, np.array([5]))
+        >>> dp_seed(rows, 2)
+        array([[0.5, 5. ]])
+    """
+    grid = _grid(rows, _grid_size(rows.L, k, floor=_SEED_GRID_MIN))
+    return _segment_means(rows, _optimal_cuts(rows, grid, k))
+
+
 def optimal(
     rows: SortedRows,
     k: int,
@@ -257,14 +293,7 @@ def optimal(
         >>> optimal(rows, 2, "linear", None, 300, 1e-7)[0]
         array([[0.5, 5. ]])
     """
-    grid = _grid(rows, _grid_size(rows.L, k))
-    cuts = _optimal_cuts(rows, grid, k)
-    W, S = segment_stats(rows, cuts)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c0 = rows.shift[:, None] + S / W
-    # An empty DP segment (only possible on a coarse grid) gets a placeholder
-    # at its cut; Lloyd's re-seeding fills it.
-    c0 = np.where(W > 0, c0, gather(rows.s, np.minimum(cuts[:, :-1], rows.nv[:, None] - 1)))
+    c0 = _segment_means(rows, _optimal_cuts(rows, _grid(rows, _grid_size(rows.L, k)), k))
     c_dp, p_dp, ok_dp = lloyd(rows, c0, max_iter, tol)
     c_ll, p_ll, ok_ll = lloyd(rows, init_centroids(rows, k, init, generator), max_iter, tol)
     e_dp = np.where(ok_dp, partition_sse(rows, p_dp), np.inf)

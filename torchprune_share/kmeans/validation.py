@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["INITS", "METHODS", "check_int", "check_kmeans_args", "check_sse_args"]
 
-INITS = ("linear", "density", "random", "kmeans++")
+INITS = ("linear", "density", "random", "kmeans++", "dp")
 METHODS = ("lloyd", "optimal", "sklearn")
 
 
