@@ -37,7 +37,7 @@ def test_defaults_and_normalisation():
         bits=4,
         granularity="per_tensor",
         channel_axis=0,
-        init="linear",
+        init="auto",
         method="lloyd",
         algorithm="hessian",
         damping=0.1,
@@ -116,10 +116,11 @@ def test_every_value_has_a_byte_code():
 
 
 def test_byte_codes_are_those_of_format_version_1():
-    """The codes the .tpsc writer of 0.1.0 wrote (position in its tables): frozen."""
+    """The codes the .tpsc writer of 0.1.0 wrote (position in its tables): frozen; a later
+    value takes the next free code ("dp")."""
     assert CODES == {
         "granularity": {"per_tensor": 0, "per_channel": 1},
-        "init": {"linear": 0, "density": 1, "random": 2, "kmeans++": 3},
+        "init": {"linear": 0, "density": 1, "random": 2, "kmeans++": 3, "dp": 4},
         "method": {"lloyd": 0, "optimal": 1, "sklearn": 2},
     }
     # While the file format still keeps its own tables, they must agree.
@@ -129,7 +130,7 @@ def test_byte_codes_are_those_of_format_version_1():
 
 
 def test_unknown_codes_are_refused():
-    with pytest.raises(ValueError, match=r"init code must be one of \[0, 1, 2, 3\], got 9"):
+    with pytest.raises(ValueError, match=r"init code must be one of \[0, 1, 2, 3, 4\], got 9"):
         value_of("init", 9)
     with pytest.raises(ValueError, match="method must be one of"):
         code_of("method", "magic")
@@ -171,7 +172,8 @@ def test_register_and_recluster_take_a_config():
     recluster(b, config=SharingConfig(bits=1))
     assert b.parametrizations.weight.original.shape == (2,)
     recluster(b, bits=2)  # keeps the other settings of the current config
-    assert b.parametrizations.weight[0].config == SharingConfig(bits=2)
+    # The stored config is what ran: "auto" without data is the linear init.
+    assert b.parametrizations.weight[0].config == SharingConfig(bits=2, init="linear")
     with pytest.raises(ValueError, match="bits must be"):
         recluster(b, bits=0)
     assert b.parametrizations.weight[0].bits == 2
@@ -195,8 +197,8 @@ def test_quantizer_and_bit_levels_validate_through_it():
     q.quantize(net)
     assert net[0].parametrizations.weight[0].config == SharingConfig(
         bits=2, granularity="per_channel"
-    )
-    assert net[1].parametrizations.weight[0].config == SharingConfig(bits=3)
+    ).resolved()
+    assert net[1].parametrizations.weight[0].config == SharingConfig(bits=3, init="linear")
     levels = BitLevels(config=SharingConfig(granularity="per_channel"))
     assert levels.granularity == "per_channel"
 
@@ -243,3 +245,49 @@ def test_every_calibration_default_is_the_owners():
     assert all(seen.values()), seen
     assert SharingConfig().algorithm == DEFAULT_ALGORITHM
     assert SharingConfig().damping == DEFAULT_DAMPING
+
+
+def test_every_init_default_is_the_owners():
+    import inspect
+
+    from torchprune_share import BitLevels, Quantizer, register_weight_sharing
+    from torchprune_share.bits_analysis import perform_bits_analysis
+    from torchprune_share.calibration import matrix
+    from torchprune_share.codebook import cluster
+    from torchprune_share.config import CALIBRATED_INIT, DEFAULT_INIT
+    from torchprune_share.parametrizations import WeightSharing
+
+    for fn in (
+        register_weight_sharing,
+        cluster,
+        Quantizer.__init__,
+        WeightSharing.__init__,
+        BitLevels.__init__,
+        perform_bits_analysis,
+    ):
+        assert inspect.signature(fn).parameters["init"].default == DEFAULT_INIT, fn
+    assert SharingConfig().init == DEFAULT_INIT == "auto"
+    # The calibrated numeric core receives a resolved init; its default is "auto"'s.
+    assert inspect.signature(matrix.share_matrix).parameters["init"].default == CALIBRATED_INIT
+    assert SharingConfig().resolved(calibrated=True).init == CALIBRATED_INIT
+
+
+def test_auto_init_is_linear_without_data_bitwise_and_is_stored_resolved():
+    from torchprune_share import register_weight_sharing
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 40, generator=g)
+    shared = {}
+    for init in ("auto", "linear"):
+        lin = torch.nn.Linear(40, 16)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        register_weight_sharing(lin, bits=3, init=init, granularity="per_channel")
+        shared[init] = lin
+    a, b = (shared[i].parametrizations.weight for i in ("auto", "linear"))
+    assert torch.equal(a.original, b.original) and torch.equal(a[0].index, b[0].index)
+    assert a[0].config == b[0].config and a[0].init == "linear"
+    assert torch.equal(a[0].get_extra_state(), b[0].get_extra_state())
+    assert SharingConfig(init="auto").to_state(8)[4] == CODES["init"]["linear"]
+    with pytest.raises(ValueError, match="init must be one of"):
+        SharingConfig(init="automatic")

@@ -394,7 +394,7 @@ def test_failed_call_leaves_inputs_untouched():
 def test_public_names_and_choices():
     import torchprune_share.kmeans as km
 
-    assert km.INITS == ("linear", "density", "random", "kmeans++")
+    assert km.INITS == ("linear", "density", "random", "kmeans++", "dp")
     assert km.METHODS == ("lloyd", "optimal", "sklearn")
     assert set(km.__all__) == {"INITS", "METHODS", "kmeans1d", "sse"}
 
@@ -547,7 +547,8 @@ def test_weighted_sse_decreases_over_lloyd_iterations(batched, init):
         errors.append(e.reshape(-1, shape[-1]).sum(dim=1))
     errors = torch.stack(errors)  # (iterations, rows)
     assert (errors[1:] <= errors[:-1] * (1 + 1e-12) + 1e-15).all()
-    assert (errors[-1] < errors[0]).all()  # and it did improve on every row
+    if init != "dp":  # the DP seed may already be a fixed point of Lloyd
+        assert (errors[-1] < errors[0]).all()  # and it did improve on every row
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -987,3 +988,47 @@ def test_without_numba_the_optimal_dp_runs_on_numpy():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.split(maxsplit=1) == ["False", "[0.5, 5.0] [0, 0, 0, 0, 1]\n"]
+
+
+def test_dp_init_is_the_exact_optimum_on_rows_with_few_distinct_values():
+    # Up to 128 distinct values the seed's grid holds every boundary, so its DP is exact
+    # and Lloyd cannot move it: the same SSE as method="optimal" (exact there too).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 120, (6, 400), generator=g).to(torch.float64) / 7
+    w = torch.rand(6, 400, generator=g, dtype=torch.float64) + 0.01
+    for k in (3, 8, 16):
+        c_dp, l_dp = kmeans1d(x, k, init="dp", sample_weight=w)
+        c_opt, l_opt = kmeans1d(x, k, method="optimal", sample_weight=w)
+        for r in range(6):
+            e_dp = sse(x[r], c_dp[r], l_dp[r], w[r])
+            e_opt = sse(x[r], c_opt[r], l_opt[r], w[r])
+            assert e_dp == pytest.approx(e_opt, rel=1e-9)
+
+
+def test_dp_init_lands_near_the_optimum_where_lloyd_does_not():
+    # Heavy-tailed rows with skewed weights, as Hessian-weighted weights are: Lloyd from
+    # the linear init stalls in a local minimum, the DP seed starts in the right basin.
+    g = torch.Generator().manual_seed(0)
+    x = torch.distributions.StudentT(3.0).sample((64, 1536)).to(torch.float64)
+    w = torch.rand(64, 1536, generator=g, dtype=torch.float64) ** 4 + 1e-3
+    total = {}
+    for name, kw in {
+        "linear": {},
+        "dp": {"init": "dp"},
+        "optimal": {"method": "optimal"},
+    }.items():
+        c, labels = kmeans1d(x, 16, sample_weight=w, max_iter=30, **kw)
+        total[name] = sse(x, c, labels, w)
+    assert total["dp"] <= total["optimal"] * 1.005
+    assert total["dp"] < total["linear"] * 0.99
+
+
+def test_dp_init_needs_no_generator_and_clusters_rows_alone_as_in_a_batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 700, generator=g)
+    c, labels = kmeans1d(x, 8, init="dp")
+    again = kmeans1d(x, 8, init="dp")
+    assert torch.equal(c, again[0]) and torch.equal(labels, again[1])
+    for r in range(5):
+        c_r, l_r = kmeans1d(x[r], 8, init="dp")
+        assert torch.equal(c_r, c[r]) and torch.equal(l_r, labels[r])

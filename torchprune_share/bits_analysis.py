@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .analysis import BitLevels, ScanResult, make_evaluator, scan
 from .analysis import scan_to_csv as sensitivities_to_csv
 from .analysis import scan_to_png as sensitivities_to_png
+from .config import DEFAULT_INIT
 
 __all__ = ["perform_bits_analysis", "sensitivities_to_csv", "sensitivities_to_png"]
 
@@ -31,7 +32,7 @@ def perform_bits_analysis(
     *,
     granularity: str = "per_tensor",
     channel_axis: int = 0,
-    init: str = "linear",
+    init: str = DEFAULT_INIT,
     method: str = "lloyd",
     seed: int | None = None,
     param_names: Sequence[str] | None = None,
@@ -61,7 +62,8 @@ def perform_bits_analysis(
         criterion (callable, optional): the loss passed to ``validate_func``.
         granularity (str): ``"per_tensor"`` or ``"per_channel"`` codebooks.
         channel_axis (int): channel dimension for ``"per_channel"``.
-        init (str): k-means initialisation. Default: ``"linear"``.
+        init (str): k-means initialisation (``"auto"``, the default, is ``"linear"``: a
+            scan is data-free).
         method (str): k-means method. Default: ``"lloyd"``.
         seed (int, optional): seed for random inits (a fresh generator per point).
         param_names (Sequence[str], optional): tensors to scan (``"fc1.weight"``); default

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import kmeans
-from .config import SharingConfig
+from .config import DEFAULT_INIT, SharingConfig
 
 __all__ = ["SPREAD", "CodebookGather", "cluster", "index_dtype", "max_code"]
 
@@ -116,7 +116,7 @@ def cluster(
     bits: int | None = None,
     granularity: str = "per_tensor",
     channel_axis: int = 0,
-    init: str = "linear",
+    init: str = DEFAULT_INIT,
     method: str = "lloyd",
     config: SharingConfig | None = None,
     generator: torch.Generator | None = None,
@@ -154,6 +154,7 @@ def cluster(
         config = SharingConfig(
             bits=bits, granularity=granularity, channel_axis=channel_axis, init=init, method=method
         )
+    config = config.resolved()
     if mask is None:
         mask = torch.ones_like(weight, dtype=torch.bool)
     # Boolean gathers and scatters of tens of millions of entries cost as much as the

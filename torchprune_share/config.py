@@ -24,11 +24,14 @@ from .kmeans import INITS, METHODS
 
 __all__ = [
     "ALGORITHMS",
+    "CALIBRATED_INIT",
     "CODES",
+    "DATA_FREE_INIT",
     "DEFAULT_ALGORITHM",
     "DEFAULT_ASYMMETRIC",
     "DEFAULT_AUGMENT",
     "DEFAULT_DAMPING",
+    "DEFAULT_INIT",
     "DEFAULT_SEQUENTIAL",
     "GRANULARITIES",
     "INITS",
@@ -43,6 +46,14 @@ __all__ = [
 ]
 
 GRANULARITIES = ("per_tensor", "per_channel")
+# init="auto" (the default) stands for Deep Compression's linear init without calibration
+# data (0.1.0's results, exactly) and for the coarse DP seed with it: calibrated, "dp"
+# closed more of the gap than "linear" on every model measured, at the same cost
+# (benchmarks/results/post_training_init.txt).
+AUTO = "auto"
+DEFAULT_INIT = AUTO
+DATA_FREE_INIT = "linear"
+CALIBRATED_INIT = "dp"
 # How calibration data (when given) weighs the clustering: the full layer Hessian, its
 # diagonal, or the empirical Fisher.
 ALGORITHMS = ("hessian", "diagonal", "fisher")
@@ -77,7 +88,7 @@ STATE_FIELDS = (
 # value with the next free code. tests/test_config.py fails when a value has none.
 CODES: dict[str, dict[str, int]] = {
     "granularity": {"per_tensor": 0, "per_channel": 1},
-    "init": {"linear": 0, "density": 1, "random": 2, "kmeans++": 3},
+    "init": {"linear": 0, "density": 1, "random": 2, "kmeans++": 3, "dp": 4},
     "method": {"lloyd": 0, "optimal": 1, "sklearn": 2},
 }
 
@@ -203,7 +214,10 @@ class SharingConfig:
             slice along ``channel_axis``). Default: ``"per_tensor"``.
         channel_axis (int): the channel dimension for ``"per_channel"``; any int here, its
             range is checked against a tensor by :meth:`check_tensor`. Default: 0.
-        init (str): k-means initialisation, one of :data:`INITS`. Default: ``"linear"``.
+        init (str): k-means initialisation, one of :data:`INITS`, or ``"auto"``: ``"linear"``
+            (as in Deep Compression) without calibration data, ``"dp"`` (the optimal
+            partition over a coarse grid, then Lloyd) with it, see :meth:`resolved`.
+            Default: ``"auto"``.
         method (str): k-means method, one of :data:`METHODS`. Default: ``"lloyd"``.
         algorithm (str): how calibration data weighs the clustering, when given: one of
             :data:`ALGORITHMS`. Default: ``"hessian"``.
@@ -218,7 +232,7 @@ class SharingConfig:
 
     Example:
         >>> SharingConfig(bits=3, granularity="per_channel")
-        SharingConfig(bits=3, granularity='per_channel', channel_axis=0, init='linear', method='lloyd', algorithm='hessian', damping=0.1)
+        SharingConfig(bits=3, granularity='per_channel', channel_axis=0, init='auto', method='lloyd', algorithm='hessian', damping=0.1)
         >>> SharingConfig(bits=99)
         Traceback (most recent call last):
         ...
@@ -228,7 +242,7 @@ class SharingConfig:
     bits: int = 4
     granularity: str = "per_tensor"
     channel_axis: int = 0
-    init: str = "linear"
+    init: str = DEFAULT_INIT
     method: str = "lloyd"
     algorithm: str = DEFAULT_ALGORITHM
     damping: float = DEFAULT_DAMPING
@@ -238,7 +252,7 @@ class SharingConfig:
         fix(self, "bits", _int("bits", self.bits, 1, MAX_BITS))
         fix(self, "granularity", _choice("granularity", self.granularity, GRANULARITIES))
         fix(self, "channel_axis", _int("channel_axis", self.channel_axis))
-        fix(self, "init", _choice("init", self.init, INITS))
+        fix(self, "init", _choice("init", self.init, (*INITS, AUTO)))
         fix(self, "method", _choice("method", self.method, METHODS))
         fix(self, "algorithm", _choice("algorithm", self.algorithm, ALGORITHMS))
         damping = self.damping
@@ -304,6 +318,26 @@ class SharingConfig:
         """
         return SharingConfig.from_mapping(changes, base=self)
 
+    def resolved(self, calibrated: bool = False) -> SharingConfig:
+        """These settings with ``init="auto"`` replaced by the init it stands for.
+
+        Args:
+            calibrated (bool): whether the codebooks are fitted to calibration data
+                (``"auto"`` is then ``"dp"``) or not (``"linear"``). Default: False.
+
+        Returns:
+            ``self`` when ``init`` is not ``"auto"``, else a copy with the init set.
+
+        Example:
+            >>> SharingConfig().resolved().init, SharingConfig().resolved(calibrated=True).init
+            ('linear', 'dp')
+            >>> SharingConfig(init="density").resolved(calibrated=True).init
+            'density'
+        """
+        if self.init != AUTO:
+            return self
+        return dataclasses.replace(self, init=CALIBRATED_INIT if calibrated else DATA_FREE_INIT)
+
     # -- the sharing state of a checkpoint ------------------------------------------------
     def to_state(self, num_centroids: int) -> Tensor:
         """These settings and a codebook size as a checkpoint stores them: a tensor.
@@ -329,7 +363,7 @@ class SharingConfig:
                 self.bits,
                 CODES["granularity"][self.granularity],
                 self.channel_axis,
-                CODES["init"][self.init],
+                CODES["init"][self.resolved().init],
                 CODES["method"][self.method],
                 int(num_centroids),
             ],

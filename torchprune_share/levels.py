@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import prune
 
-from .config import SharingConfig
+from .config import DEFAULT_INIT, SharingConfig
 from .parametrizations import WeightSharing, cluster
 from .pruning import level_mask
 from .sharing import changed_settings, sharing_config
@@ -172,7 +172,7 @@ class BitLevels(LevelKind):
         self,
         granularity: str = "per_tensor",
         channel_axis: int = 0,
-        init: str = "linear",
+        init: str = DEFAULT_INIT,
         method: str = "lloyd",
         seed: int | None = None,
         *,

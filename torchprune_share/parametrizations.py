@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from .codebook import SPREAD as SPREAD  # re-exported: 0.1.0 callers and tests
 from .codebook import CodebookGather, cluster, index_dtype, max_code
 from .compat import is_tracing, tensor_version
-from .config import SharingConfig
+from .config import DEFAULT_INIT, SharingConfig
 
 __all__ = [
     "PruningMask",
@@ -156,7 +156,7 @@ class WeightSharing(nn.Module):
         bits: int | None = None,
         granularity: str = "per_tensor",
         channel_axis: int = 0,
-        init: str = "linear",
+        init: str = DEFAULT_INIT,
         method: str = "lloyd",
         cache_index: bool = True,
         config: SharingConfig | None = None,
@@ -181,7 +181,9 @@ class WeightSharing(nn.Module):
         ):
             raise TypeError(f"codebook must be a floating-point tensor, got {_describe(codebook)}")
         self.register_buffer("index", index)
-        self.config = config
+        # What ran: "auto" stands for the data-free init here; a calibrated fit passes
+        # its config already resolved.
+        self.config = config.resolved()
         # The zero code is the number of centroids; kept here (and in the extra state)
         # because right_inverse does not see the codebook.
         self.num_centroids = int(codebook.shape[-1]) if codebook is not None else 0

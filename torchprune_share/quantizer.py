@@ -15,6 +15,7 @@ from .config import (
     DEFAULT_ASYMMETRIC,
     DEFAULT_AUGMENT,
     DEFAULT_DAMPING,
+    DEFAULT_INIT,
     DEFAULT_SEQUENTIAL,
     SharingConfig,
 )
@@ -100,7 +101,7 @@ class Quantizer:
         self,
         options: Sequence[Sequence[Any]] | Mapping[str, Any],
         *,
-        init: str = "linear",
+        init: str = DEFAULT_INIT,
         method: str = "lloyd",
         granularity: str = "per_tensor",
         channel_axis: int = 0,

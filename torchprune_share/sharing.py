@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import SharingConfig
+from .config import DEFAULT_INIT, SharingConfig
 from .kmeans import INITS as INITS  # re-exported for 0.1.0 callers
 from .kmeans import METHODS as METHODS
 from .parametrizations import WeightSharing, cluster
@@ -104,7 +104,7 @@ def register_weight_sharing(
     name: str = "weight",
     bits: int = 4,
     *,
-    init: str = "linear",
+    init: str = DEFAULT_INIT,
     method: str = "lloyd",
     granularity: str = "per_tensor",
     channel_axis: int = 0,
@@ -133,8 +133,9 @@ def register_weight_sharing(
         module (nn.Module): module containing the tensor.
         name (str): parameter name within ``module``. Default: ``"weight"``.
         bits (int): sharing width in [1, 16]. Default: 4.
-        init (str): k-means initialisation, one of ``"linear"`` (default, as in Deep
-            Compression), ``"density"``, ``"random"``, ``"kmeans++"``.
+        init (str): k-means initialisation, one of ``"linear"`` (as in Deep Compression),
+            ``"density"``, ``"random"``, ``"kmeans++"``, ``"dp"``, or ``"auto"`` (the
+            default: ``"linear"`` here, see :meth:`~torchprune_share.SharingConfig.resolved`).
         method (str): ``"lloyd"`` (default), ``"optimal"`` or ``"sklearn"``
             (see :func:`torchprune_share.kmeans.kmeans1d`).
         granularity (str): ``"per_tensor"`` (one codebook) or ``"per_channel"`` (one per

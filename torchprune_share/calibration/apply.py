@@ -101,10 +101,10 @@ def _bias_shift(target: Tensor, staged: Tensor, stats: Statistics) -> Tensor:
 
 def _share_one(
     req: ShareRequest, stats: Statistics | None, refits: int, bias_correction: bool = True
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``(staged value, codebook, index, new bias or None)`` of one tensor."""
-    cfg = req.config
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, SharingConfig]:
+    """``(staged value, codebook, index, new bias or None, the settings that ran)``."""
     value, keep = compressible_state(req.module, req.name)
+    cfg = req.config
     bias = _free_bias(req.module, stats, bias_correction)
     per_channel = cfg.granularity == "per_channel"
     on_rows = value.dim() > 1 and cfg.channel_axis % value.dim() == 0
@@ -115,9 +115,10 @@ def _share_one(
             cfg.channel_axis,
         )
         stats = None
+    cfg = cfg.resolved(calibrated=stats is not None)
     if stats is None:
         codebook, index = cluster(value, keep, config=cfg, generator=req.generator)
-        return _gather(codebook, index, cfg), codebook, index, None
+        return _gather(codebook, index, cfg), codebook, index, None, cfg
     cb, codes = share_matrix(
         _as_matrix(value),
         _as_matrix(keep),
@@ -139,7 +140,7 @@ def _share_one(
     new_bias = None
     if bias is not None:
         new_bias = (bias.detach() + _bias_shift(value, staged, stats).to(bias.dtype)).detach()
-    return staged, (cb if per_channel else cb[0]), index, new_bias
+    return staged, (cb if per_channel else cb[0]), index, new_bias, cfg
 
 
 def _staged(value: Tensor, bias: Tensor | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
@@ -211,12 +212,13 @@ def share_calibrated(
         )
 
     def compute(req: ShareRequest, stats: Statistics | None) -> tuple[Any, Any]:
-        staged, codebook, index, bias = _share_one(req, stats, refits, bias_correction)
-        return _staged(staged, bias), (codebook, index, bias)
+        staged, codebook, index, bias, cfg = _share_one(req, stats, refits, bias_correction)
+        return _staged(staged, bias), (codebook, index, bias, cfg)
 
-    def commit(req: ShareRequest, plan: tuple[Tensor, Tensor, Tensor | None]) -> None:
-        share_with(req.module, req.name, *plan[:2], req.config, cache_index=req.cache_index)
-        _commit_bias(req.module, plan[2])
+    def commit(req: ShareRequest, plan: tuple[Tensor, Tensor, Tensor | None, Any]) -> None:
+        codebook, index, bias, cfg = plan
+        share_with(req.module, req.name, codebook, index, cfg, cache_index=req.cache_index)
+        _commit_bias(req.module, bias)
 
     _plan_then_commit(
         requests,
@@ -224,7 +226,7 @@ def share_calibrated(
         calibration,
         compute,
         commit,
-        algorithm=algorithms[0] if algorithms else "hessian",
+        algorithm=algorithms[0] if algorithms else DEFAULT_ALGORITHM,
         **engine,
     )
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import kmeans
-from ..config import DEFAULT_ALGORITHM, DEFAULT_DAMPING
+from ..config import CALIBRATED_INIT, DEFAULT_ALGORITHM, DEFAULT_DAMPING
 from .hessian import inverse_cholesky
 from .refit import refit_codebook, refit_survivors, sort_codebook
 from .sweep import codebook_sweep, lookup, output_error, prune_sweep, quotas
@@ -271,7 +271,7 @@ def share_matrix(
     per_row: bool,
     algorithm: str = DEFAULT_ALGORITHM,
     damping: float = DEFAULT_DAMPING,
-    init: str = "linear",
+    init: str = CALIBRATED_INIT,
     method: str = "lloyd",
     refits: int = 1,
     block: int = 128,
