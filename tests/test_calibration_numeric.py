@@ -457,12 +457,15 @@ def test_share_matrix_hessian_le_diagonal_le_data_free(bits, per_row, pruned):
             keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed)) > 0.3
             w = torch.where(keep, w, 0.0)
         errs = {}
-        for name, stats, algo in [
-            ("free", Statistics(), "diagonal"),
-            ("diagonal", Statistics(hessian=h), "diagonal"),
-            ("hessian", Statistics(hessian=h), "hessian"),
+        # "free" as the data-free path runs it: unweighted, from the linear init.
+        for name, stats, algo, init in [
+            ("free", Statistics(), "diagonal", "linear"),
+            ("diagonal", Statistics(hessian=h), "diagonal", "dp"),
+            ("hessian", Statistics(hessian=h), "hessian", "dp"),
         ]:
-            cb, codes = share_matrix(w, keep, stats, bits=bits, per_row=per_row, algorithm=algo)
+            cb, codes = share_matrix(
+                w, keep, stats, bits=bits, per_row=per_row, algorithm=algo, init=init
+            )
             assert cb.shape == (w.shape[0] if per_row else 1, cb.shape[1])
             assert cb.shape[1] <= 2**bits
             assert torch.equal(codes < 0, ~keep)  # pruned entries keep code -1

@@ -292,7 +292,7 @@ BAD = {
     ),
     "unknown init code": (
         lambda sd: with_setting(sd, 4, 9),
-        r"tensor 'emb.weight': .*init code must be one of \[0, 1, 2, 3\], got 9",
+        r"tensor 'emb.weight': .*init code must be one of \[0, 1, 2, 3, 4\], got 9",
     ),
     "unknown method code": (
         lambda sd: with_setting(sd, 5, -1),

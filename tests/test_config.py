@@ -195,9 +195,10 @@ def test_quantizer_and_bit_levels_validate_through_it():
     net = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2))
     q = Quantizer({"0.weight": SharingConfig(bits=2, granularity="per_channel"), "*": 3})
     q.quantize(net)
-    assert net[0].parametrizations.weight[0].config == SharingConfig(
-        bits=2, granularity="per_channel"
-    ).resolved()
+    assert (
+        net[0].parametrizations.weight[0].config
+        == SharingConfig(bits=2, granularity="per_channel").resolved()
+    )
     assert net[1].parametrizations.weight[0].config == SharingConfig(bits=3, init="linear")
     levels = BitLevels(config=SharingConfig(granularity="per_channel"))
     assert levels.granularity == "per_channel"

@@ -692,8 +692,8 @@ W = (2, 3)  # nn.Linear(3, 2).weight
             ["bits must be an int in [1, 16], got 17"],
         ),
         (
-            rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, init=4)),
-            ["tensor 'weight'", "init code must be one of [0, 1, 2, 3], got 4"],
+            rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, init=5)),
+            ["tensor 'weight'", "init code must be one of [0, 1, 2, 3, 4], got 5"],
         ),
         (
             rec("weight", ff.SHARED, torch.float32, W, shared_body(4, [0] * 6, method=3)),

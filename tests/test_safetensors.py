@@ -97,7 +97,7 @@ def test_a_checkpoint_of_0_1_0_with_dict_state_still_loads():
     x = torch.randn(2, 2, 6, 6)
     assert bitwise_equal(fresh(x), model(x))
     assert fresh[2].parametrizations.weight[0].config == SharingConfig(
-        bits=4, granularity="per_channel"
+        bits=4, granularity="per_channel", init="linear"
     )
     # torch's own loader takes the dict too (set_extra_state), into a model of that shape.
     twin = load_state_dict(build(), model.state_dict())
