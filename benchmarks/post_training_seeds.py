@@ -74,7 +74,7 @@ def main() -> None:
             pct = " / ".join(f"{100 * c:.0f}" for c in closed)
             print(
                 f"| {setting} | {abs(free):.4f} | {shown} | {pct} % | "
-                f"{100 * statistics.mean(closed):.0f} % | "
+                f"{100 * statistics.mean(closed):.1f} % | "
                 f"{100 * min(closed):.0f}–{100 * max(closed):.0f} % |",
                 flush=True,
             )
