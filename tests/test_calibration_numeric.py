@@ -632,3 +632,37 @@ def test_refit_equations_are_the_same_on_one_thread_and_on_several(threads, monk
         * (codes[5] >= 0).double()[:, None]
     )
     torch.testing.assert_close(mats[5], s.T @ h.double() @ s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_hessian_codebooks_start_from_kmeans_weighted_between_the_two_error_costs(per_row):
+    # The k-means of the "hessian" sweep weighs column j by sqrt(H_jj / [H⁻¹]_jj) (H
+    # dampened): the geometric mean of its error's cost with no compensation and with
+    # all of it. refits=0 returns the k-means centroids, so they can be compared with a
+    # k-means run here on weights computed the plain way (an explicit inverse).
+    from torchprune_share import kmeans
+    from torchprune_share.calibration.matrix import INIT_ITERS
+
+    w, h = _layer(3, rows=6, cols=40)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    stats = Statistics(hessian=h)
+    cb, _ = share_matrix(w, keep, stats, bits=2, per_row=per_row, refits=0)
+    d = torch.diagonal(h).double()
+    damped = h.double() + 0.1 * float(d.mean()) * torch.eye(40, dtype=torch.float64)
+    weight = (torch.diagonal(damped) / torch.linalg.inv(damped).diagonal()).sqrt()
+    target = dense_target(w, stats, 0.1)
+    sw = weight.float().expand_as(w)
+    if per_row:
+        ref, _ = kmeans.kmeans1d(target, 4, init="dp", sample_weight=sw, max_iter=INIT_ITERS)
+    else:
+        ref, _ = kmeans.kmeans1d(
+            target.reshape(-1), 4, init="dp", sample_weight=sw.reshape(-1), max_iter=INIT_ITERS
+        )
+        ref = ref.unsqueeze(0)
+    torch.testing.assert_close(cb, ref.to(torch.float32), rtol=1e-4, atol=1e-5)
+    # and the diagonal algorithm keeps llama.cpp's importance, diag H alone.
+    cb_diag, _ = share_matrix(w, keep, stats, bits=2, per_row=per_row, algorithm="diagonal")
+    sw = (torch.diagonal(h) + 0.1 * float(torch.diagonal(h).mean())).expand_as(w)
+    if per_row:
+        ref, _ = kmeans.kmeans1d(target, 4, init="dp", sample_weight=sw, max_iter=INIT_ITERS)
+        torch.testing.assert_close(cb_diag, ref, rtol=1e-4, atol=1e-5)
