@@ -3,8 +3,8 @@ r"""Calibrated compression of one 2-D weight from its statistics (no ``nn.Module
 Three algorithms, the ``algorithm`` setting of :class:`~torchprune_share.SharingConfig`
 and :class:`~torchprune_share.LevelPruner`:
 
-* ``"hessian"`` (default): sharing fits codebooks by k-means weighted with ``diag H``,
-  then assigns codes in a GPTQ column sweep (error feedback through ``H⁻¹``, columns in
+* ``"hessian"`` (default): sharing fits codebooks by k-means weighing input column j by
+  ``sqrt(H_jj / [H⁻¹]_jj)`` (see :func:`_entry_weights`), then assigns codes in a GPTQ column sweep (error feedback through ``H⁻¹``, columns in
   order of decreasing ``diag H``) and refits the centroids by least squares under ``H``,
   keeping the best; pruning is the SparseGPT sweep (mask
   chosen per block, survivors updated to compensate), whose survivors are then refitted
