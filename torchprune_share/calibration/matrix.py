@@ -5,9 +5,9 @@ and :class:`~torchprune_share.LevelPruner`:
 
 * ``"hessian"`` (default): sharing fits codebooks by k-means weighing input column j by
   ``sqrt(H_jj / [H⁻¹]_jj)`` (between the cost of its error uncompensated and fully
-  compensated), then assigns codes in a GPTQ column sweep (error feedback through ``H⁻¹``, columns in
-  order of decreasing ``diag H``) and refits the centroids by least squares under ``H``,
-  keeping the best; pruning is the SparseGPT sweep (mask
+  compensated), then assigns codes in a GPTQ column sweep (error feedback through
+  ``H⁻¹``, columns in order of decreasing ``diag H``) and refits the centroids by least
+  squares under ``H``, keeping the best; pruning is the SparseGPT sweep (mask
   chosen per block, survivors updated to compensate), whose survivors are then refitted
   exactly by least squares for the chosen mask.
 * ``"diagonal"``: only ``diag H`` (llama.cpp's importance matrix): weighted k-means;
