@@ -45,8 +45,8 @@ _GRID_VALUES_PER_CUT = 64
 # The "dp" init runs the same programme on a coarser grid (at least this many cuts) and
 # leaves the rest to Lloyd. On the Hessian-weighted rows of a calibrated 6-layer BERT
 # (20,736 rows of 384 and 1,536 values, 3 and 4 bits) its weighted SSE after Lloyd was
-# within 0.21 % of method="optimal"'s, and Lloyd's from the linear init 4.9-5.8 % above
-# it, at Lloyd's cost: 2.1-2.6 s against 2.3-2.6 s, "optimal" 4.2-5.3 s
+# within 0.21 % of method="optimal"'s, and Lloyd's from the linear init 4.8-5.7 % above
+# it, at Lloyd's cost: 2.4-2.9 s against 2.2-3.2 s, "optimal" 4.2-5.9 s
 # (benchmarks/results/post_training_init.txt).
 _SEED_GRID_MIN = 128
 
