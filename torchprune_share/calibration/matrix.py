@@ -186,8 +186,9 @@ def _entry_weights(
             # 1 / [H⁻¹]_jj where every other column does; the sweep lies between the two.
             # Their geometric mean, against H_jj and 1 / [H⁻¹]_jj: MiniLM-L3 3-bit 0.9816
             # against 0.9813 and 0.9815, its 6-layer stand-in 0.9717 against 0.9711 and
-            # 0.9720, the GPT (mean gap closed over 20 seeds, 4 / 3 bits) 75.3 / 77.7 %
-            # against 74.7 / 77.8 % and 74.2 / 75.2 %: the one that lost nowhere.
+            # 0.9719, the GPT (mean gap closed over 20 seeds, 4 / 3 bits) 75.3 / 77.7 %
+            # against 74.7 / 77.8 % and 74.1 / 75.2 %: the one that lost nowhere
+            # (benchmarks/results/post_training_weights.txt).
             geo = (d / inverse_diagonal.to(d.dtype).clamp(min=1e-30)).sqrt()
             d = torch.where(live, geo, d)
         return d.unsqueeze(0).expand_as(w)
