@@ -1,7 +1,7 @@
 """Which k-means init the calibrated sharing should start from: ``"linear"``, ``"dp"``, ``"optimal"``.
 
 Calibrated sharing (``Quantizer.quantize(model, calibration=...)``) starts every codebook
-from a k-means of the weights weighted by ``diag H``, then assigns codes in the GPTQ-style
+from a k-means of the weights weighted per input column, then assigns codes in the GPTQ-style
 sweep and refits the centroids. The start matters: Lloyd from the linear init stalls in
 local minima of the weighted problem. This script measures, in the same run:
 
@@ -21,7 +21,6 @@ import argparse
 import copy
 import logging
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -97,31 +96,10 @@ def sharing_table(name: str, case: pt_models.Case, seeds: int) -> None:
     print("| setting | data-free | variant | calibrated | gap closed (mean) | sd | time per call |")
     print("|---|---|---|---|---|---|---|")
     for bits in (4, 3):
-        spec = {t: bits for t in case.targets}
-        m = copy.deepcopy(case.model)
-        Quantizer(spec, granularity="per_channel").quantize(m)
-        free = case.quality(m)
+        free = pt_models.data_free_quality(case, bits)
         for variant, kw in VARIANTS.items():
-            qs, secs = [], []
-            for seed in range(n):
-                m = copy.deepcopy(case.model)
-                t0 = time.perf_counter()
-                Quantizer(spec, granularity="per_channel", **kw).quantize(
-                    m,
-                    calibration=case.calibration,
-                    forward=case.forward,
-                    augment_seed=seed,
-                    progress=False,
-                )
-                secs.append(time.perf_counter() - t0)
-                qs.append(case.quality(m))
-            closed = [(q - free) / (dense - free) for q in qs]
-            sd = f"{100 * statistics.stdev(closed):.1f}" if n > 1 else "–"
-            print(
-                f"| {bits}-bit/ch | {abs(free):.4f} | {variant} | {abs(statistics.mean(qs)):.4f} | "
-                f"{100 * statistics.mean(closed):.1f} % | {sd} | {statistics.median(secs):.1f} s |",
-                flush=True,
-            )
+            qs, secs = pt_models.calibrated_over_seeds(case, bits, n, **kw)
+            print(pt_models.closure_row(bits, free, dense, variant, qs, secs, 4), flush=True)
 
 
 def main() -> None:
@@ -135,15 +113,10 @@ def main() -> None:
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} torch {torch.__version__}, "
         "1 thread"
     )
-    builders = {
-        "minilm-l3": lambda: pt_models.minilm_case(),
-        "l3x2": lambda: pt_models.minilm_case(repeat=2),
-        "gpt-pydoc": pt_models.gpt_case,
-    }
     names = args.models.split(",")
     cases = {}
     for name in names:
-        cases[name] = builders[name]()
+        cases[name] = pt_models.SHARING_CASES[name]()
         if cases[name] is None:
             print(f"\n## {name}: skipped (data or package absent)")
     if cases.get("l3x2") is not None:

@@ -13,7 +13,6 @@ compression over several seeds and prints each draw's closure, their mean and ra
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import platform
 import statistics
@@ -25,8 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import pt_models
-
-from torchprune_share import Quantizer
 
 
 def main() -> None:
@@ -42,9 +39,8 @@ def main() -> None:
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} torch {torch.__version__}, "
         f"{args.threads} thread(s), augment_seed 0..{args.seeds - 1}"
     )
-    builders = {"gpt-pydoc": pt_models.gpt_case, "minilm-l3": pt_models.minilm_case}
     for name in args.models.split(","):
-        case = builders[name]()
+        case = pt_models.SHARING_CASES[name]()
         if case is None:
             print(f"\n## {name}: skipped (data or package absent)")
             continue
@@ -54,21 +50,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for setting in args.settings.split(","):
             bits = int(setting[0])
-            spec = {t: bits for t in case.targets}
-            m = copy.deepcopy(case.model)
-            Quantizer(spec, granularity="per_channel").quantize(m)
-            free = case.quality(m)
-            qs = []
-            for seed in range(args.seeds):
-                m = copy.deepcopy(case.model)
-                Quantizer(spec, granularity="per_channel").quantize(
-                    m,
-                    calibration=case.calibration,
-                    forward=case.forward,
-                    augment_seed=seed,
-                    progress=False,
-                )
-                qs.append(case.quality(m))
+            free = pt_models.data_free_quality(case, bits)
+            qs, _ = pt_models.calibrated_over_seeds(case, bits, args.seeds)
             closed = [(q - free) / (dense - free) for q in qs]
             shown = " / ".join(f"{abs(q):.4f}" for q in qs)
             pct = " / ".join(f"{100 * c:.0f}" for c in closed)

