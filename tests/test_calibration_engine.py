@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchprune_share import LevelPruner, Quantizer
+from torchprune_share import LevelPruner, Quantizer, level_prune
 from torchprune_share.calibration import engine
 from torchprune_share.calibration.matrix import dense_target
 from torchprune_share.calibration.replay import Clock, plan_anchors, record_inputs
@@ -356,3 +356,31 @@ def test_only_a_narrow_layer_with_its_own_statistics_gathers_its_cross_term_time
         want = dense_target(w, full[name].centered(), 0.1)
         got = dense_target(w, premultiplied[name].centered(), 0.1)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pruned_model_still_shares_one_h_per_input_and_premultiplies_its_cross_term():
+    # parametrize swaps each pruned layer's class for a ParametrizedLinear: a calibrated
+    # sharing after a calibrated pruning must still gather q/k/v's H once and the narrow
+    # layer's cross term times its (masked) weight, as on the dense model.
+    torch.manual_seed(0)
+    model = Net()
+    model.blocks = nn.ModuleList(WideBlock(16) for _ in range(2))
+    names = [f"blocks.{i}.{n}.weight" for i in range(2) for n in ("q", "k", "v", "o", "up", "down")]
+    mods = dict(model.named_modules())
+    for n in names:
+        level_prune(mods[n.rsplit(".", 1)[0]], "weight", 0.5)
+    got: dict[str, engine.Statistics] = {}
+    targets = [engine.Target(n, mods[n.rsplit(".", 1)[0]], "weight") for n in names]
+
+    def compress(t, stats):
+        got[t.qualified] = stats
+        w = getattr(t.module, t.name).detach()
+        return w + 0.05 * torch.sign(w)
+
+    engine.calibrate(model, targets, _data(), compress, progress=False)
+    for i in range(2):
+        q, k, v = (got[f"blocks.{i}.{n}.weight"] for n in "qkv")
+        assert q is k is v
+        down = mods[f"blocks.{i}.down"]
+        assert torch.equal(got[f"blocks.{i}.down.weight"].cross_weight, down.weight.detach())
+        assert int((down.weight == 0).sum()) == down.weight.numel() // 2

@@ -36,7 +36,7 @@ from ..kmeans.validation import check_int
 from ..state import TensorState
 from .augment import augmented_batches, token_ids
 from .hessian import HessianAccumulator
-from .layers import COUNTS, input_rows, layer_kind, padding_mask, token_counts
+from .layers import COUNTS, input_rows, is_plain_linear, layer_kind, padding_mask, token_counts
 from .lockstep import Paused, run_lockstep
 from .matrix import Statistics
 from .replay import Clock, Recorded, plan_anchors, record_inputs, replay
@@ -224,7 +224,7 @@ class _Recorder:
     def _weight(self, t: Target) -> Tensor | None:
         """The weight the cross term may be premultiplied by: the value that the compress
         step will read (:func:`~.matrix.dense_target` checks that it is)."""
-        if not self.own_statistics or type(t.module) is not nn.Linear:
+        if not self.own_statistics or not is_plain_linear(t.module):
             return None
         return getattr(t.module, t.name).detach()
 
@@ -381,7 +381,7 @@ def _linear(group: list[Target]) -> list[Target]:
     value) have the same ``H``: it is gathered, centred and factorised once, for the
     first of them.
     """
-    return [t for t in group if t.kind != COUNTS and type(t.module) is nn.Linear]
+    return [t for t in group if t.kind != COUNTS and is_plain_linear(t.module)]
 
 
 def _lockstep(

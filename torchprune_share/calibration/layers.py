@@ -14,11 +14,38 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-__all__ = ["COUNTS", "HESSIAN", "input_rows", "layer_kind", "padding_mask", "token_counts"]
+__all__ = [
+    "COUNTS",
+    "HESSIAN",
+    "input_rows",
+    "is_plain_linear",
+    "layer_kind",
+    "padding_mask",
+    "token_counts",
+]
 
 HESSIAN = "hessian"  # inputs give H = Σ x xᵀ
 COUNTS = "counts"  # an embedding: token counts
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` itself, parametrized or not.
+
+    A subclass may change what its weight multiplies; ``parametrize`` swaps a module's class
+    for a ``ParametrizedLinear`` subclass with ``nn.Linear``'s own forward, so a pruned
+    layer still counts.
+
+    Example:
+        >>> from torchprune_share import level_prune
+        >>> lin = nn.Linear(4, 2)
+        >>> is_plain_linear(lin), is_plain_linear(level_prune(lin, "weight", 0.5))
+        (True, True)
+        >>> is_plain_linear(type("Mine", (nn.Linear,), {})(4, 2))
+        False
+    """
+    return parametrize.type_before_parametrizations(module) is nn.Linear
 
 
 def layer_kind(module: nn.Module, name: str) -> str | None:
