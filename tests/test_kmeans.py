@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchprune_share import kmeans
-from torchprune_share.kmeans import INITS, METHODS, kmeans1d, sse
+from torchprune_share.kmeans import INITS, METHODS, kmeans1d, kmeans1d_centroids, sse
 
 # --------------------------------------------------------------------------- #
 # Reference implementations
@@ -396,7 +396,7 @@ def test_public_names_and_choices():
 
     assert km.INITS == ("linear", "density", "random", "kmeans++", "dp")
     assert km.METHODS == ("lloyd", "optimal", "sklearn")
-    assert set(km.__all__) == {"INITS", "METHODS", "kmeans1d", "sse"}
+    assert set(km.__all__) == {"INITS", "METHODS", "kmeans1d", "kmeans1d_centroids", "sse"}
 
 
 def test_nan_at_zero_weight_is_rejected():
@@ -1032,3 +1032,23 @@ def test_dp_init_needs_no_generator_and_clusters_rows_alone_as_in_a_batch():
     for r in range(5):
         c_r, l_r = kmeans1d(x[r], 8, init="dp")
         assert torch.equal(c_r, c[r]) and torch.equal(l_r, labels[r])
+
+
+# -- kmeans1d_centroids: kmeans1d's centroids, bitwise, without the labels --------------------
+@pytest.mark.parametrize("init", ["linear", "density", "dp", "kmeans++"])
+@pytest.mark.parametrize("method", ["lloyd", "optimal"])
+def test_centroids_only_are_kmeans1d_centroids_bitwise(init, method):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(37, 200, generator=g) ** 3
+    x[5] = 0.25  # one distinct value: fewer than k, padded
+    x[6, :3] = torch.tensor([1.0, 2.0, 3.0])
+    x[6, 3:] = 1.0
+    w = torch.rand(37, 200, generator=g)
+    w[7] = 0.0  # a row of zero weights
+    for xi, wi in ((x, w), (x, None), (x[0], w[0])):
+        kw = dict(init=init, method=method, sample_weight=wi, max_iter=30)
+        want, _ = kmeans1d(xi, 16, generator=torch.Generator().manual_seed(1), **kw)
+        got = kmeans1d_centroids(xi, 16, generator=torch.Generator().manual_seed(1), **kw)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    with pytest.raises(ValueError, match="k"):
+        kmeans1d_centroids(x, 0)

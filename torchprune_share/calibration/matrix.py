@@ -209,7 +209,17 @@ def _kmeans(
     init: str,
     method: str,
     generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor]:
+    with_codes: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    if not with_codes:
+        opts = dict(init=init, method=method, generator=generator, max_iter=INIT_ITERS)
+        if per_row:
+            cb = kmeans.kmeans1d_centroids(w, 2**bits, sample_weight=sw, **opts)
+        else:
+            cb = kmeans.kmeans1d_centroids(w[keep], 2**bits, sample_weight=sw[keep], **opts)
+            cb = cb.unsqueeze(0)
+        # kmeans1d's centroids are ascending: sorted as sort_codebook would leave them.
+        return cb.to(torch.float32), None
     if per_row:
         cb, labels = kmeans.kmeans1d(
             w,
@@ -248,8 +258,10 @@ def _initial_codebook(
     generator: torch.Generator | None,
     *,
     skewed: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Weighted k-means codebook (sorted) and codes (``-1`` where pruned).
+    with_codes: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Weighted k-means codebook (sorted) and codes (``-1`` where pruned; ``None`` without
+    ``with_codes``, for a caller that assigns them itself).
 
     With ``skewed`` weights (per-entry importance spanning orders of magnitude) Lloyd from
     an evenly spaced init can stall with centroids on entries that weigh nothing; the
@@ -257,6 +269,8 @@ def _initial_codebook(
     row when there is one codebook per row).
     """
     sw = torch.where(keep, weights, weights.new_zeros(()))
+    if not with_codes and not skewed:
+        return _kmeans(w, keep, sw, bits, per_row, init, method, generator, with_codes=False)
     best = _kmeans(w, keep, sw, bits, per_row, init, method, generator)
     if not skewed or init == "density":
         return best
@@ -347,8 +361,11 @@ def share_matrix(
         method,
         generator,
         skewed=stats.importance is not None,
+        # The sweep assigns every code itself.
+        with_codes=not sweep,
     )
     if not sweep:
+        assert codes is not None
         return cb, codes
     assert h is not None
     order, inverse, u, h_damped = stats.cached(("sweep", damping), factor)

@@ -65,7 +65,7 @@ Modules (tensors come in and go out only in ``api``; the rest is numpy):
 * ``optimal``: the dynamic programme (and its coarse seed);
 * ``sklearn_bridge``: scikit-learn on the same rows and init;
 * ``finalize``: output dtype, no empty cluster, exact nearest-centroid labels;
-* ``api``: :func:`kmeans1d` and :func:`sse`.
+* ``api``: :func:`kmeans1d`, :func:`kmeans1d_centroids` (no labels) and :func:`sse`.
 
 All heavy lifting runs on the CPU in numpy (``np.sort`` is about 3x faster
 than ``torch.sort`` here); results are returned on the input's device.
@@ -82,11 +82,11 @@ Example:
 
 from __future__ import annotations
 
-from .api import kmeans1d, sse
+from .api import kmeans1d, kmeans1d_centroids, sse
 from .validation import INITS, METHODS
 
-__all__ = ["INITS", "METHODS", "kmeans1d", "sse"]
+__all__ = ["INITS", "METHODS", "kmeans1d", "kmeans1d_centroids", "sse"]
 
 # doctest.testmod(torchprune_share.kmeans) also runs the examples of the
 # functions defined in the sub-modules.
-__test__ = {"kmeans1d": kmeans1d, "sse": sse}
+__test__ = {"kmeans1d": kmeans1d, "kmeans1d_centroids": kmeans1d_centroids, "sse": sse}
