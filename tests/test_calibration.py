@@ -614,3 +614,25 @@ def test_staging_restore_is_bitwise(kind, unchanged):
         assert bitwise_equal(lin(x), before_out)
     if kind == "sharing":
         assert "forward" not in vars(lin.parametrizations.weight)
+
+
+def test_calibrated_pruning_prunes_an_embedding_by_magnitude_not_by_token_counts():
+    # Token counts of a few calibration batches are zero for most tokens; scoring by them
+    # would prune those rows whole, and other inputs use them.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(64, 8), nn.Linear(8, 4))
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randint(0, 8, (4, 16), generator=g) for _ in range(3)]
+    cal, free = copy.deepcopy(model), copy.deepcopy(model)
+    LevelPruner({"*": 0.5}).prune(cal, calibration=calib, progress=False)
+    LevelPruner({"0.weight": 0.5}).prune(free)
+    assert torch.equal(cal[0].weight, free[0].weight)
+    unseen = cal[0].weight.detach()[8:]
+    assert int((unseen.abs().sum(1) == 0).sum()) == 0  # no unseen token loses its whole row
+    assert int((cal[1].weight == 0).sum()) == 16  # the Linear is still pruned, calibrated
+    # The Fisher algorithm keeps its own scores for the embedding too.
+    fisher = copy.deepcopy(model)
+    LevelPruner({"0.weight": 0.5}, algorithm="fisher").prune(
+        fisher, calibration=calib, loss_fn=lambda m, b: m(b).square().mean(), progress=False
+    )
+    assert not torch.equal(fisher[0].weight, free[0].weight)
