@@ -156,9 +156,10 @@ class LevelPruner:
         block of columns by ``w² / [H⁻¹]ᵢᵢ``, each pruned entry's error compensated by the
         later columns), followed by an exact least-squares refit of the survivors;
         ``"diagonal"`` prunes per output row by the Wanda score ``|w| · ‖x‖``;
-        ``"fisher"`` by ``Σ g² · w²`` of ``loss_fn``. ``nn.Linear``,
-        ``nn.Conv1d``/``nn.Conv2d`` and ``nn.Embedding`` weights are calibrated; other
-        tensors are pruned by magnitude with one log line each. A shared tensor keeps
+        ``"fisher"`` by ``Σ g² · w²`` of ``loss_fn``. ``nn.Linear`` and
+        ``nn.Conv1d``/``nn.Conv2d`` weights are calibrated, and ``nn.Embedding`` weights
+        with ``"fisher"`` (their other statistics are token counts, zero for most tokens
+        of a vocabulary); other tensors are pruned by magnitude with one log line each. A shared tensor keeps
         its codes (only its mask is calibrated). Nothing changes if anything fails.
 
         Args:
