@@ -159,8 +159,9 @@ class LevelPruner:
         ``"fisher"`` by ``Σ g² · w²`` of ``loss_fn``. ``nn.Linear`` and
         ``nn.Conv1d``/``nn.Conv2d`` weights are calibrated, and ``nn.Embedding`` weights
         with ``"fisher"`` (their other statistics are token counts, zero for most tokens
-        of a vocabulary); other tensors are pruned by magnitude with one log line each. A shared tensor keeps
-        its codes (only its mask is calibrated). Nothing changes if anything fails.
+        of a vocabulary); other tensors are pruned by magnitude with one log line each.
+        A shared tensor keeps its codes (only its mask is calibrated). Nothing changes if
+        anything fails.
 
         Args:
             model (nn.Module, optional): the model; default the one given before.

@@ -131,8 +131,11 @@ def kmeans1d_centroids(
 
     For callers that assign the entries themselves (the calibrated column sweep reassigns
     every code with error feedback): the labels are a nearest-centroid search over all of
-    ``x``, a tenth of a calibrated k-means' time. Arguments, checks and errors are those
-    of :func:`kmeans1d`.
+    ``x``, 0.6 of 3.8 s of the calibrated k-means of a 6-layer BERT.
+
+    Args:
+        x, k, init, method, max_iter, tol, sample_weight, generator: as
+            :func:`kmeans1d`, with the same checks and errors.
 
     Returns:
         The centroids, as :func:`kmeans1d` returns them.
