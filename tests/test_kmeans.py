@@ -1052,3 +1052,16 @@ def test_centroids_only_are_kmeans1d_centroids_bitwise(init, method):
         assert got.dtype == want.dtype and torch.equal(got, want)
     with pytest.raises(ValueError, match="k"):
         kmeans1d_centroids(x, 0)
+
+
+# -- values closer than float64 resolves around the row's shift ----------------------------------
+@pytest.mark.parametrize("method", ["lloyd", "optimal"])
+def test_values_float64_cannot_separate_still_give_a_near_optimal_clustering(method):
+    # Found by hypothesis: shifted by the row median (1.0), 0, 6e-19 and 3e-17 are one run
+    # that Lloyd cannot split; the repair once kept the 7 smallest values and left 4 to 3.
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 2.8550850217594546e-17, 6.312858387318414e-19, -1.0])
+    c, labels = kmeans1d(x, 7, method=method)
+    check_contract(x, c, labels, None)
+    ref = brute_force_optimum(x.double().numpy(), 7, None)
+    assert sse(x, c, labels) == pytest.approx(ref, abs=1e-30)
+    assert {-1.0, 1.0, 2.0, 3.0, 4.0} <= set(c.tolist())
