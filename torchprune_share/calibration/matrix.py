@@ -211,36 +211,19 @@ def _kmeans(
     generator: torch.Generator | None,
     with_codes: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
+    # One codebook per row clusters every row; one for the tensor clusters its kept entries.
+    x, xw = (w, sw) if per_row else (w[keep], sw[keep])
+    opts = dict(
+        init=init, method=method, sample_weight=xw, generator=generator, max_iter=INIT_ITERS
+    )
     if not with_codes:
-        opts = dict(init=init, method=method, generator=generator, max_iter=INIT_ITERS)
-        if per_row:
-            cb = kmeans.kmeans1d_centroids(w, 2**bits, sample_weight=sw, **opts)
-        else:
-            cb = kmeans.kmeans1d_centroids(w[keep], 2**bits, sample_weight=sw[keep], **opts)
-            cb = cb.unsqueeze(0)
+        cb = kmeans.kmeans1d_centroids(x, 2**bits, **opts)
         # kmeans1d's centroids are ascending: sorted as sort_codebook would leave them.
-        return cb.to(torch.float32), None
+        return (cb if per_row else cb.unsqueeze(0)).to(torch.float32), None
+    cb, labels = kmeans.kmeans1d(x, 2**bits, **opts)
     if per_row:
-        cb, labels = kmeans.kmeans1d(
-            w,
-            2**bits,
-            init=init,
-            method=method,
-            sample_weight=sw,
-            generator=generator,
-            max_iter=INIT_ITERS,
-        )
         codes = labels.to(torch.int64)
     else:
-        cb, labels = kmeans.kmeans1d(
-            w[keep],
-            2**bits,
-            init=init,
-            method=method,
-            sample_weight=sw[keep],
-            generator=generator,
-            max_iter=INIT_ITERS,
-        )
         cb = cb.unsqueeze(0)
         codes = torch.full(w.shape, -1, dtype=torch.int64, device=w.device)
         codes[keep] = labels.to(torch.int64)

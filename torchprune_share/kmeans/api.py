@@ -164,12 +164,12 @@ def _run(
     one_d = x.dim() == 1
     xn = _to_numpy(x.reshape(1, -1) if one_d else x)
     cents, labels = _cluster(xn, _weights(sample_weight, xn), int(k), opts, one_d, label)
-    c_t = torch.from_numpy(cents).to(x.dtype)
-    l_t = None if labels is None else torch.from_numpy(labels)
-    if one_d:
-        c_t = c_t[0]
-        l_t = None if l_t is None else l_t[0]
-    return c_t.to(x.device), None if l_t is None else l_t.to(x.device)
+
+    def back(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a[0] if one_d else a)
+
+    c_t = back(cents).to(x.dtype).to(x.device)
+    return c_t, None if labels is None else back(labels).to(x.device)
 
 
 def _cluster(
