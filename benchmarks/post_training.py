@@ -42,7 +42,8 @@ from torchprune_share import LevelPruner, Quantizer
 # outputs on the compressed inputs (GPTQ's objective) instead of the dense model's.
 OWN = "hessian, own outputs"
 # "hessian, augment=0" calibrates on the real batches only, without the synthetic token
-# sequences that hessian adds by default (augment=2).
+# sequences that hessian adds by default (augment=None: 5 per real one when sharing, 3
+# when pruning, none when sharing the pruned model).
 REAL = "hessian, augment=0"
 ALGORITHMS = ("data-free", "diagonal", "fisher", "hessian", OWN, REAL)
 SETTINGS = ("4-bit/ch", "3-bit/ch", "50%", "50%+4-bit")

@@ -865,8 +865,9 @@ POST_TRAINING = [
         pretrained BERT encoder, a small GPT and LeNet-5, beside coremltools.
 
         For token models (a dict with integer `input_ids`, or a bare `(B, T)` tensor of
-        token ids) the calibration also runs on `augment=2` synthetic sequences per real
-        one, their tokens drawn from the calibration tokens: with a few dozen sentences the
+        token ids) the calibration also runs on synthetic sequences, their tokens drawn
+        from the calibration tokens (by default 5 per real one when sharing, 3 when
+        pruning, none when sharing tensors pruned already): with a few dozen sentences the
         fit is near exact on them and much worse on others, and the synthetic ones close
         part of that gap. These images are not augmented.
         """

@@ -10,6 +10,7 @@ from torch import nn
 
 from torchprune_share import LevelPruner, Quantizer
 from torchprune_share.calibration.augment import augmented_batches, synthetic_batches, token_ids
+from torchprune_share.config import AUGMENT_PRUNING, AUGMENT_SHARING
 
 CLS, SEP, PAD = 101, 102, 0
 
@@ -329,3 +330,40 @@ def test_bad_augment_settings_are_refused_and_leave_the_model(kw, error, text, h
     for key, value in before.items():
         assert torch.equal(model.state_dict()[key], value)
     assert not hasattr(model.blocks[0].fc1, "parametrizations")
+
+
+def test_the_default_count_follows_what_the_call_compresses():
+    # augment=None: AUGMENT_SHARING rows when sharing, AUGMENT_PRUNING when pruning, none
+    # when every tensor shared is pruned already; a count given is used as given.
+    torch.manual_seed(0)
+    dense = ContextNet()
+    calib = [_sequences(3, 10, seed=7), _sequences(2, 6, seed=8)]
+
+    def share(model, **kw):
+        Quantizer(dict.fromkeys(MLP, 2), granularity="per_channel").quantize(
+            model, calib, progress=False, **kw
+        )
+        return model.state_dict()
+
+    def prune(model, targets=MLP, **kw):
+        LevelPruner(dict.fromkeys(targets, 0.5)).prune(
+            model, calibration=calib, progress=False, **kw
+        )
+        return model
+
+    def same(a, b):
+        return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    shared = share(copy.deepcopy(dense))
+    assert same(shared, share(copy.deepcopy(dense), augment=AUGMENT_SHARING))
+    assert not same(shared, share(copy.deepcopy(dense), augment=0))
+    pruned = prune(copy.deepcopy(dense)).state_dict()
+    assert same(pruned, prune(copy.deepcopy(dense), augment=AUGMENT_PRUNING).state_dict())
+    assert not same(pruned, prune(copy.deepcopy(dense), augment=0).state_dict())
+    base = prune(copy.deepcopy(dense), augment=0)
+    on_pruned = share(copy.deepcopy(base))
+    assert same(on_pruned, share(copy.deepcopy(base), augment=0))
+    assert not same(on_pruned, share(copy.deepcopy(base), augment=AUGMENT_SHARING))
+    # One target still dense: the sharing count.
+    partly = prune(copy.deepcopy(dense), targets=MLP[1:], augment=0)
+    assert same(share(copy.deepcopy(partly)), share(copy.deepcopy(partly), augment=AUGMENT_SHARING))

@@ -143,7 +143,7 @@ class LevelPruner:
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         sequential: bool = DEFAULT_SEQUENTIAL,
         asymmetric: bool = DEFAULT_ASYMMETRIC,
-        augment: int = DEFAULT_AUGMENT,
+        augment: int | None = DEFAULT_AUGMENT,
         augment_seed: int = 0,
         strict: bool = True,
         progress: bool = True,
@@ -172,7 +172,8 @@ class LevelPruner:
             step (int, optional): the training step for schedules; default the last step
                 given (0 at first).
             calibration, forward, loss_fn, sequential, asymmetric, augment, augment_seed,
-                strict, progress: as in :meth:`~torchprune_share.Quantizer.quantize`.
+                strict, progress: as in :meth:`~torchprune_share.Quantizer.quantize`;
+                ``augment=None`` (the default) is 3 synthetic rows per real one here.
 
         Returns:
             ``{name: target sparsity}`` at this step.

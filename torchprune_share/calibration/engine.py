@@ -31,6 +31,7 @@ from ..config import (
     DEFAULT_ASYMMETRIC,
     DEFAULT_AUGMENT,
     DEFAULT_SEQUENTIAL,
+    default_augment,
 )
 from ..kmeans.validation import check_int
 from ..state import TensorState
@@ -482,7 +483,7 @@ def calibrate(
     algorithm: str = DEFAULT_ALGORITHM,
     sequential: bool = DEFAULT_SEQUENTIAL,
     asymmetric: bool = DEFAULT_ASYMMETRIC,
-    augment: int = DEFAULT_AUGMENT,
+    augment: int | None = DEFAULT_AUGMENT,
     augment_seed: int = 0,
     strict: bool = True,
     progress: bool = True,
@@ -506,15 +507,17 @@ def calibrate(
             errors of the earlier layers; every batch also runs through a dense copy of
             the model (twice the model's memory). Beyond
             :data:`LOCKSTEP_MAX_BATCHES` batches it is turned off, with a log line.
-        augment (int): for ``"hessian"`` and ``"diagonal"``, synthetic token sequences
-            per real one, their tokens drawn from the calibration tokens
-            (:mod:`.augment`); batches without token ids are not augmented.
+        augment (int, optional): for ``"hessian"`` and ``"diagonal"``, synthetic token
+            sequences per real one, their tokens drawn from the calibration tokens
+            (:mod:`.augment`); batches without token ids are not augmented. ``None``:
+            sharing's default (:func:`~torchprune_share.config.default_augment`; the
+            callers in :mod:`.apply` pass the count for what they compress).
         augment_seed (int): seed of the synthetic tokens.
         strict (bool): a target no batch reaches raises ``ValueError``; else it is
             compressed data-free, with a log line.
         progress (bool): show a tqdm bar over the layer groups.
     """
-    augment = check_int("augment", augment, 0)
+    augment = check_int("augment", default_augment(augment, pruning=False), 0)
     if isinstance(augment_seed, bool) or not isinstance(augment_seed, int):
         raise TypeError(f"augment_seed must be an int, got {type(augment_seed).__name__}")
     forward = forward if forward is not None else default_forward
