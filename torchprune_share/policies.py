@@ -173,7 +173,8 @@ class LevelPruner:
                 given (0 at first).
             calibration, forward, loss_fn, sequential, asymmetric, augment, augment_seed,
                 strict, progress: as in :meth:`~torchprune_share.Quantizer.quantize`;
-                ``augment=None`` (the default) is 3 synthetic rows per real one here.
+                ``augment=None`` (the default) is
+                :data:`~torchprune_share.config.AUGMENT_PRUNING` (3) rows per real one here.
 
         Returns:
             ``{name: target sparsity}`` at this step.

@@ -235,8 +235,9 @@ class Quantizer:
                 the calibration forwards. Each batch's real and synthetic rows are sorted
                 by length and re-cut into batches of its size (less padding). 0
                 calibrates on the real batches only, as given (cheaper when real
-                sequences are plenty). Default ``None``: 5, or 0 when every target is
-                pruned already, where they measured no gain
+                sequences are plenty). Default ``None``:
+                :data:`~torchprune_share.config.AUGMENT_SHARING` (5), or none when every
+                target is pruned already, where they measured no gain
                 (:func:`~torchprune_share.config.default_augment`).
             augment_seed (int): seed of the synthetic tokens. Default: 0.
             strict (bool): ``ValueError`` for a target no batch reaches; with False it is
