@@ -211,8 +211,7 @@ def main() -> None:
         f"{args.threads} thread(s)"
     )
     builders = {
-        "minilm-l3": pt_models.minilm_case,
-        "minilm-l3x2": lambda: pt_models.minilm_case(repeat=2),
+        **pt_models.SHARING_CASES,
         "gpt-pydoc": lambda: pt_models.gpt_case(steps=args.gpt_steps),
         "lenet5-mnist": pt_models.lenet_case,
     }

@@ -12,7 +12,7 @@ local minima of the weighted problem. This script measures, in the same run:
    the dense embeddings on held-out sentences), and the small GPT (perplexity; the mean
    gap closed over ``--seeds`` augment seeds, as one draw is noise there).
 
-    python benchmarks/post_training_init.py [--seeds 20] [--models minilm-l3,l3x2,gpt-pydoc]
+    python benchmarks/post_training_init.py [--seeds 20] [--models minilm-l3,minilm-l3x2,gpt-pydoc]
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def sharing_table(name: str, case: pt_models.Case, seeds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="minilm-l3,l3x2,gpt-pydoc")
+    ap.add_argument("--models", default="minilm-l3,minilm-l3x2,gpt-pydoc")
     ap.add_argument("--seeds", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -119,8 +119,8 @@ def main() -> None:
         cases[name] = pt_models.SHARING_CASES[name]()
         if cases[name] is None:
             print(f"\n## {name}: skipped (data or package absent)")
-    if cases.get("l3x2") is not None:
-        kmeans_table(cases["l3x2"])
+    if cases.get("minilm-l3x2") is not None:
+        kmeans_table(cases["minilm-l3x2"])
     for name in names:
         if cases[name] is not None:
             sharing_table(name, cases[name], args.seeds)

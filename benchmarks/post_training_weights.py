@@ -8,7 +8,7 @@ swaps the weighting (a patch of ``calibration.matrix._entry_weights``, benchmark
 and measures the whole default calibrated sharing with each, in the same run: MiniLM-L3
 and its 6-layer stand-in (cosine), the small GPT (mean gap closed over ``--seeds``).
 
-    python benchmarks/post_training_weights.py [--seeds 20] [--models minilm-l3,l3x2,gpt-pydoc]
+    python benchmarks/post_training_weights.py [--seeds 20] [--models minilm-l3,minilm-l3x2,gpt-pydoc]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def run(name: str, case: pt_models.Case, seeds: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="minilm-l3,l3x2,gpt-pydoc")
+    ap.add_argument("--models", default="minilm-l3,minilm-l3x2,gpt-pydoc")
     ap.add_argument("--seeds", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -346,10 +346,11 @@ def minilm_case(seed: int = 0, repeat: int = 1) -> Case | None:
 
 
 # ----------------------------------------------------------- calibrated sharing over seeds
-# The models the sharing studies (post_training_seeds/_init/_weights) run, by name.
+# The BERT and GPT cases by name, for post_training.py and the sharing studies
+# (post_training_seeds/_init/_weights).
 SHARING_CASES: dict[str, Callable[[], Case | None]] = {
     "minilm-l3": lambda: minilm_case(),
-    "l3x2": lambda: minilm_case(repeat=2),
+    "minilm-l3x2": lambda: minilm_case(repeat=2),
     "gpt-pydoc": lambda: gpt_case(),
 }
 
