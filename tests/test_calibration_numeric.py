@@ -666,3 +666,38 @@ def test_hessian_codebooks_start_from_kmeans_weighted_between_the_two_error_cost
     if per_row:
         ref, _ = kmeans.kmeans1d(target, 4, init="dp", sample_weight=sw, max_iter=INIT_ITERS)
         torch.testing.assert_close(cb_diag, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_of_equal_importance_are_clustered_as_plain_k_means_per_row(monkeypatch):
+    # An embedding's importance per channel is its token's count, the same across the
+    # row: each row's weighted k-means is the unweighted one, so the second ("density")
+    # init that skewed importance needs is not run, and the result is plain per-row
+    # k-means from the calibrated init, rows no token reached included.
+    from torchprune_share import kmeans
+    from torchprune_share.calibration.matrix import INIT_ITERS
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 40, generator=g) * torch.linspace(0.5, 3.0, 6).unsqueeze(1)
+    counts = torch.tensor([0.0, 1.0, 3.0, 10.0, 100.0, 2.0])
+    keep = torch.ones_like(w, dtype=torch.bool)
+    stats = Statistics(importance=counts.unsqueeze(1).expand_as(w).clone())
+    runs = []
+    real = kmeans.kmeans1d
+    monkeypatch.setattr(kmeans, "kmeans1d", lambda *a, **k: runs.append(k["init"]) or real(*a, **k))
+    cb, codes = share_matrix(w, keep, stats, bits=2, per_row=True)
+    assert runs == ["dp"]
+    monkeypatch.setattr(kmeans, "kmeans1d", real)
+    ref, labels = kmeans.kmeans1d(w, 4, init="dp", max_iter=INIT_ITERS)
+    torch.testing.assert_close(cb, ref.to(torch.float32), rtol=1e-5, atol=1e-6)
+    assert torch.equal(codes, labels.to(torch.int64))
+    # Importance that varies within a row still gets the better of the two inits.
+    varied = Statistics(importance=torch.rand(6, 40, generator=g) ** 8)
+    cb_v, codes_v = share_matrix(w, keep, varied, bits=2, per_row=True)
+    alone, alone_codes = kmeans.kmeans1d(
+        w, 4, init="dp", sample_weight=varied.importance, max_iter=INIT_ITERS
+    )
+
+    def sse(c: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return ((w - lookup(c, k)).square() * varied.importance).sum(1)
+
+    assert bool((sse(cb_v, codes_v) <= sse(alone, alone_codes.to(torch.int64)) + 1e-6).all())

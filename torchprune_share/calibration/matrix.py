@@ -273,6 +273,28 @@ def _initial_codebook(
     return cb, codes
 
 
+def _skewed(importance: Tensor | None, per_row: bool) -> bool:
+    """Whether per-entry importance can stall Lloyd (see :func:`_initial_codebook`).
+
+    Not when every codebook's entries weigh the same, as an embedding's rows do per
+    channel (each weighs its token's count): the weighted k-means of such a row is the
+    unweighted one. The second init had doubled the time of a BERT's embeddings
+    (MiniLM-L3, per channel: 10.2 against 5.4 s of k-means; cosine 0.9719 against 0.9720
+    with its three embeddings shared at 3 bits).
+
+    Example:
+        >>> _skewed(torch.tensor([[2.0, 2.0], [5.0, 5.0]]), per_row=True)
+        False
+        >>> _skewed(torch.tensor([[2.0, 2.0], [5.0, 5.0]]), per_row=False)
+        True
+    """
+    if importance is None:
+        return False
+    if not per_row:
+        return True
+    return not bool((importance == importance[:, :1]).all())
+
+
 def share_matrix(
     w: Tensor,
     keep: Tensor,
@@ -343,7 +365,7 @@ def share_matrix(
         init,
         method,
         generator,
-        skewed=stats.importance is not None,
+        skewed=_skewed(stats.importance, per_row),
         # The sweep assigns every code itself.
         with_codes=not sweep,
     )
