@@ -9,6 +9,7 @@ checkpoint loads with ``strict=True`` semantics.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from .parametrizations import (
     get_reparametrization,
     index_dtype,
 )
-from .registration import register_tied
+from .registration import outside_inference_mode, register_tied
 from .state import TensorState, describe_owners
 
 __all__ = [
@@ -149,6 +150,7 @@ def owned_keys(model: nn.Module) -> dict[str, str]:
     return owner
 
 
+@outside_inference_mode
 def bake(model: nn.Module) -> nn.Module:
     r"""Replace every compressed tensor of ``model`` by a plain ``nn.Parameter`` of its value.
 
@@ -447,6 +449,24 @@ def _recreate(
         register_tied(owners, sharing, unsafe=True)
 
 
+def _without_inference_tensors(state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """``state_dict`` with normal copies of its inference tensors (``torch.load`` under
+    ``torch.inference_mode()`` makes them): the re-created masks and indices take the
+    checkpoint's tensors, and torch cannot update an inference tensor in place outside
+    inference mode. torch's version ``_metadata`` is kept."""
+    if not any(isinstance(v, Tensor) and v.is_inference() for v in state_dict.values()):
+        return state_dict
+    out = OrderedDict(
+        (k, v.clone() if isinstance(v, Tensor) and v.is_inference() else v)
+        for k, v in state_dict.items()
+    )
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+@outside_inference_mode
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     r"""Load a checkpoint of a compressed model into a (fresh) model of the same architecture.
 
@@ -477,6 +497,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mo
         raise TypeError(
             f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}"
         )
+    state_dict = _without_inference_tensors(state_dict)
     entries = _group(state_dict)
     modules = {q: _check_entry(model, e, state_dict) for q, e in entries.items()}
     _check_keys(model, entries, state_dict)

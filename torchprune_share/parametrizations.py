@@ -341,8 +341,10 @@ class WeightSharing(nn.Module):
         """
         idx = self.index
         # Under a tracer or compiler the index may be a fake tensor with no data pointer,
-        # and a cached tensor would become a constant of the graph: compute it afresh.
-        cache = self.cache_index and not is_tracing(idx)
+        # and a cached tensor would become a constant of the graph; an inference tensor
+        # (a model built under inference mode) has no version counter to key a cache on:
+        # compute it afresh.
+        cache = self.cache_index and not is_tracing(idx) and not idx.is_inference()
         key = (idx.device, idx.data_ptr(), tensor_version(idx), k) if cache else None
         if cache and self._cache is not None and self._cache_key == key:
             return self._cache

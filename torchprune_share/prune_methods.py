@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from .compat import prune_hook
+from .registration import outside_inference_mode
 
 __all__ = [
     "LevelPruningMethod",
@@ -215,6 +216,7 @@ class LevelPruningMethod(prune.BasePruningMethod):
         return keep.to(default_mask.dtype)
 
     @classmethod
+    @outside_inference_mode
     def apply(  # type: ignore[override]
         cls,
         module: nn.Module,
@@ -298,6 +300,7 @@ class SigmaThresholdPruningMethod(prune.BasePruningMethod):
         return (keep & (t.detach().abs() >= threshold)).to(default_mask.dtype)
 
     @classmethod
+    @outside_inference_mode
     def apply(  # type: ignore[override]
         cls, module: nn.Module, name: str, q: float, importance_scores: Tensor | None = None
     ) -> SigmaThresholdPruningMethod:

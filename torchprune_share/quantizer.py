@@ -28,6 +28,7 @@ from .options import (
     with_defaults,
 )
 from .pruning import compressible_state
+from .registration import outside_inference_mode
 from .sharing import (
     changed_settings,
     check_runtime,
@@ -167,6 +168,7 @@ class Quantizer:
         """
         return [(q, m, n, *v) for q, m, n, v in with_defaults(model, self.options, "Quantizer")]
 
+    @outside_inference_mode
     def quantize(
         self,
         model: nn.Module,

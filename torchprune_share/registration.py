@@ -11,13 +11,20 @@
 
 :func:`register_tied` registers one parametrization on every owner of a tied tensor
 (``head.weight = emb.weight``): all owners share one ``ParametrizationList``.
+
+:func:`outside_inference_mode` marks every public call that builds or changes state in a
+model, so that state is never made of inference tensors.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import functools
+import itertools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -31,12 +38,76 @@ from .parametrizations import WeightSharing
 
 __all__ = [
     "check_sharing_entries",
+    "outside_inference_mode",
     "own_class_hooks",
     "rebuild_parametrized",
     "reduce_parametrized",
     "register",
     "register_tied",
 ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def outside_inference_mode(fn: F) -> F:
+    """``fn``, run with :func:`torch.inference_mode` off unless its model is made of
+    inference tensors.
+
+    What this package builds in a model (masks, codebooks, indices, baked or loaded
+    weights) outlives the call. Built under a caller's ``torch.inference_mode()`` (a
+    common wrapper around calibration) they would be inference tensors, and the model
+    could never again run a forward that autograd records: "Inference tensors cannot be
+    saved for backward" (torch's own ``prune`` has that defect). Inference tensors the
+    caller passes in (calibration batches, scores) are read as usual. A model whose own
+    weights are inference tensors (built under inference mode) cannot train anyway, and
+    torch updates such tensors in place only in inference mode: it stays on.
+
+    Args:
+        fn (Callable): a function or method that changes a model, given as an argument
+            (a module, ``(module, name)`` pairs, or an object with a ``model``).
+
+    Returns:
+        The wrapped ``fn`` (same name, docstring and signature).
+
+    Example:
+        >>> @outside_inference_mode
+        ... def make(model):
+        ...     return torch.ones(1)
+        >>> net = nn.Linear(2, 2)
+        >>> with torch.inference_mode():
+        ...     make(net).is_inference()
+        False
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_inference_mode_enabled() or _holds_inference_tensors(
+            (*args, *kwargs.values())
+        ):
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _holds_inference_tensors(args: tuple[Any, ...]) -> bool:
+    """Whether a module among ``args`` (or their ``model``, or in their pairs) holds an
+    inference tensor."""
+    modules = []
+    for arg in args:
+        if isinstance(arg, nn.Module):
+            modules.append(arg)
+        elif isinstance(getattr(arg, "model", None), nn.Module):
+            modules.append(arg.model)
+        elif isinstance(arg, (list, tuple)):
+            for item in arg:
+                parts = item if isinstance(item, (list, tuple)) else (item,)
+                modules.extend(p for p in parts if isinstance(p, nn.Module))
+    return any(
+        t.is_inference() for m in modules for t in itertools.chain(m.parameters(), m.buffers())
+    )
 
 
 def _deepcopy_with_own_class(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
