@@ -26,7 +26,7 @@ from .parametrizations import (
     get_reparametrization,
     index_dtype,
 )
-from .registration import outside_inference_mode, register_tied
+from .registration import builds_state, register_tied
 from .state import TensorState, describe_owners
 
 __all__ = [
@@ -150,7 +150,7 @@ def owned_keys(model: nn.Module) -> dict[str, str]:
     return owner
 
 
-@outside_inference_mode
+@builds_state
 def bake(model: nn.Module) -> nn.Module:
     r"""Replace every compressed tensor of ``model`` by a plain ``nn.Parameter`` of its value.
 
@@ -466,7 +466,7 @@ def _without_inference_tensors(state_dict: Mapping[str, Tensor]) -> Mapping[str,
     return out
 
 
-@outside_inference_mode
+@builds_state
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     r"""Load a checkpoint of a compressed model into a (fresh) model of the same architecture.
 

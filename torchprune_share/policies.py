@@ -33,7 +33,7 @@ from .parametrizations import get_reparametrization
 from .pruning import apply_keep_mask, compressible_state, level_mask, level_prune
 from .quantizer import Quantizer
 from .recommend import recommend_bits, recommend_sparsities
-from .registration import outside_inference_mode
+from .registration import builds_state
 from .schedules import ConstantSchedule, SparsitySchedule
 from .state import MASKED, TensorState
 
@@ -133,7 +133,7 @@ class LevelPruner:
         """
         return with_defaults(model, self.options, "LevelPruner")
 
-    @outside_inference_mode
+    @builds_state
     def prune(
         self,
         model: nn.Module | None = None,
@@ -288,7 +288,7 @@ class LevelPruner:
             return
         apply_keep_mask(module, name, new_keep)
 
-    @outside_inference_mode
+    @builds_state
     def step(self, model: nn.Module | None = None, update_masks: bool = False) -> dict[str, float]:
         """Advance the step counter by one (0 at the first call) and :meth:`prune`.
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from .compat import prune_hook
-from .registration import outside_inference_mode
+from .registration import builds_state
 
 __all__ = [
     "LevelPruningMethod",
@@ -216,7 +216,7 @@ class LevelPruningMethod(prune.BasePruningMethod):
         return keep.to(default_mask.dtype)
 
     @classmethod
-    @outside_inference_mode
+    @builds_state
     def apply(  # type: ignore[override]
         cls,
         module: nn.Module,
@@ -300,7 +300,7 @@ class SigmaThresholdPruningMethod(prune.BasePruningMethod):
         return (keep & (t.detach().abs() >= threshold)).to(default_mask.dtype)
 
     @classmethod
-    @outside_inference_mode
+    @builds_state
     def apply(  # type: ignore[override]
         cls, module: nn.Module, name: str, q: float, importance_scores: Tensor | None = None
     ) -> SigmaThresholdPruningMethod:

@@ -24,7 +24,7 @@ from .prune_methods import (
     smallest_k,
     validate_amount,
 )
-from .registration import outside_inference_mode, register_tied
+from .registration import builds_state, register_tied
 from .state import FOREIGN, TORCH_PRUNED, TensorState, class_name
 
 __all__ = [
@@ -142,7 +142,7 @@ def apply_keep_mask(module: nn.Module, name: str, keep: Tensor) -> None:
             register_tied(owners, PruningMask(keep))
 
 
-@outside_inference_mode
+@builds_state
 def level_prune(
     module: nn.Module,
     name: str = "weight",
@@ -204,7 +204,7 @@ def level_prune(
     return module
 
 
-@outside_inference_mode
+@builds_state
 def global_level_prune(
     parameters: Iterable[tuple[nn.Module, str]],
     amount: float | int,
@@ -300,7 +300,7 @@ def check_untied(targets: Sequence[tuple[nn.Module, str]]) -> None:
             )
 
 
-@outside_inference_mode
+@builds_state
 def sigma_prune(module: nn.Module, name: str = "weight", q: float = 1.0) -> nn.Module:
     r"""Prune entries of ``module.<name>`` below ``q`` standard deviations, as a parametrization.
 

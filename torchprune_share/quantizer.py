@@ -28,7 +28,7 @@ from .options import (
     with_defaults,
 )
 from .pruning import compressible_state
-from .registration import outside_inference_mode
+from .registration import builds_state
 from .sharing import (
     changed_settings,
     check_runtime,
@@ -168,7 +168,7 @@ class Quantizer:
         """
         return [(q, m, n, *v) for q, m, n, v in with_defaults(model, self.options, "Quantizer")]
 
-    @outside_inference_mode
+    @builds_state
     def quantize(
         self,
         model: nn.Module,

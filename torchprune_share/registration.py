@@ -12,12 +12,13 @@
 :func:`register_tied` registers one parametrization on every owner of a tied tensor
 (``head.weight = emb.weight``): all owners share one ``ParametrizationList``.
 
-:func:`outside_inference_mode` marks every public call that builds or changes state in a
-model, so that state is never made of inference tensors.
+:func:`builds_state` marks every public call that builds or changes state in a
+model: that state is never made of inference tensors, nor computed under autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -37,8 +38,8 @@ from .compat import (
 from .parametrizations import WeightSharing
 
 __all__ = [
+    "builds_state",
     "check_sharing_entries",
-    "outside_inference_mode",
     "own_class_hooks",
     "rebuild_parametrized",
     "reduce_parametrized",
@@ -50,18 +51,21 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def outside_inference_mode(fn: F) -> F:
-    """``fn``, run with :func:`torch.inference_mode` off unless its model is made of
-    inference tensors.
+def builds_state(fn: F) -> F:
+    """``fn``, a call that builds or changes a model's state, shielded from the caller's
+    inference mode and autocast.
 
     What this package builds in a model (masks, codebooks, indices, baked or loaded
     weights) outlives the call. Built under a caller's ``torch.inference_mode()`` (a
     common wrapper around calibration) they would be inference tensors, and the model
     could never again run a forward that autograd records: "Inference tensors cannot be
-    saved for backward" (torch's own ``prune`` has that defect). Inference tensors the
-    caller passes in (calibration batches, scores) are read as usual. A model whose own
-    weights are inference tensors (built under inference mode) cannot train anyway, and
-    torch updates such tensors in place only in inference mode: it stays on.
+    saved for backward" (torch's own ``prune`` has that defect). So inference mode is off
+    inside, unless the model's own weights are inference tensors (built under inference
+    mode: it cannot train anyway, and torch updates such tensors in place only in
+    inference mode). Under ``torch.autocast`` the numeric core's products (``H``, the
+    sweeps, the refits) would run in half precision, or fail on mixed dtypes: autocast is
+    off inside too. Inference tensors the caller passes in (calibration batches, scores)
+    are read as usual.
 
     Args:
         fn (Callable): a function or method that changes a model, given as an argument
@@ -71,25 +75,31 @@ def outside_inference_mode(fn: F) -> F:
         The wrapped ``fn`` (same name, docstring and signature).
 
     Example:
-        >>> @outside_inference_mode
+        >>> @builds_state
         ... def make(model):
-        ...     return torch.ones(1)
+        ...     return torch.ones(2, 2) @ torch.ones(2, 2)
         >>> net = nn.Linear(2, 2)
-        >>> with torch.inference_mode():
-        ...     make(net).is_inference()
-        False
+        >>> with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     out = make(net)
+        >>> out.is_inference(), out.dtype
+        (False, torch.float32)
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_inference_mode_enabled() or _holds_inference_tensors(
-            (*args, *kwargs.values())
-        ):
-            return fn(*args, **kwargs)
-        with torch.inference_mode(False):
+        with contextlib.ExitStack() as stack:
+            for device in _AUTOCAST_DEVICES:
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            inference = torch.is_inference_mode_enabled()
+            if inference and not _holds_inference_tensors((*args, *kwargs.values())):
+                stack.enter_context(torch.inference_mode(False))
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
 def _holds_inference_tensors(args: tuple[Any, ...]) -> bool:

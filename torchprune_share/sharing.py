@@ -10,7 +10,7 @@ from .kmeans import INITS as INITS  # re-exported for 0.1.0 callers
 from .kmeans import METHODS as METHODS
 from .parametrizations import WeightSharing, cluster
 from .pruning import compressible_state
-from .registration import outside_inference_mode, register_tied
+from .registration import builds_state, register_tied
 from .state import TensorState
 
 __all__ = ["recluster", "register_weight_sharing"]
@@ -99,7 +99,7 @@ def changed_settings(settings: dict[str, object]) -> dict[str, object]:
     return out
 
 
-@outside_inference_mode
+@builds_state
 def register_weight_sharing(
     module: nn.Module,
     name: str = "weight",
@@ -188,7 +188,7 @@ def register_weight_sharing(
     )
 
 
-@outside_inference_mode
+@builds_state
 def recluster(
     module: nn.Module,
     name: str = "weight",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..checkpoint import CheckpointError, load_state_dict, owned_keys
 from ..checkpoint import bake as bake_model
 from ..names import reparam_base, split
-from ..registration import outside_inference_mode
+from ..registration import builds_state
 from ..state import PLAIN, TensorState
 from .reader import Record, parse, read_source
 from .spec import PRUNED, RAW, SHARED, CompressedFileError
@@ -175,7 +175,7 @@ def _load_for_inference(model: nn.Module, records: list[Record], backend: str) -
     load_state_dict(model, state)
 
 
-@outside_inference_mode
+@builds_state
 def load_compressed(
     model: nn.Module,
     path: str | Path | BinaryIO | bytes,

@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize, prune
 from tqdm import tqdm
 
 from ..parametrizations import get_reparametrization
-from ..registration import outside_inference_mode
+from ..registration import builds_state
 from .conv import CompressedConv1d, CompressedConv2d, conv_settings
 from .layout import Layout, build_layout
 from .modules import BACKENDS, CompressedLinear, CompressedModule, bias_of, layout_of
@@ -353,7 +353,7 @@ def _targets(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[str]]:
     return targets, skipped
 
 
-@outside_inference_mode
+@builds_state
 def to_inference(
     model: nn.Module,
     backend: str = "auto",

@@ -1,11 +1,13 @@
-"""Compressing under a caller's ``torch.inference_mode()`` builds the same, trainable model.
+"""Compressing under a caller's ``torch.inference_mode()`` or ``torch.autocast`` builds the
+same, trainable model.
 
 Calibration is often wrapped in ``torch.inference_mode()``. Tensors created there are
 inference tensors: a mask or codebook made of them would leave a model that no forward
 recorded by autograd can run again ("Inference tensors cannot be saved for backward"),
-which is what torch's own ``prune`` does. Every public call that builds or changes a
-model's state runs with inference mode off; these tests make each call under inference
-mode and outside it, and compare.
+which is what torch's own ``prune`` does. Under autocast the numeric core's products
+would run in bfloat16, or fail on mixed dtypes. Every public call that builds or changes
+a model's state is shielded from both (``registration.builds_state``); these tests make
+each call under each mode and outside it, and compare.
 """
 
 from __future__ import annotations
@@ -140,3 +142,15 @@ def test_a_model_built_under_inference_mode_is_compressed_there_as_before():
         tps.Quantizer({"0.weight": 4}).quantize(net)
         assert float((net[0].weight == 0).float().mean()) == 0.5
         assert (net(x) - dense).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_a_model_compressed_under_autocast_equals_the_normal_one(call):
+    expected, got = _net(), _net()
+    CALLS[call](expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        CALLS[call](got)
+    state = got.state_dict()
+    assert state.keys() == expected.state_dict().keys()
+    for key, value in state.items():
+        torch.testing.assert_close(value, expected.state_dict()[key], rtol=0, atol=0)
