@@ -288,7 +288,6 @@ class LevelPruner:
             return
         apply_keep_mask(module, name, new_keep)
 
-    @builds_state
     def step(self, model: nn.Module | None = None, update_masks: bool = False) -> dict[str, float]:
         """Advance the step counter by one (0 at the first call) and :meth:`prune`.
 
